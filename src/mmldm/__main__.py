@@ -1,0 +1,3 @@
+from mmldm.cli import main
+
+raise SystemExit(main())

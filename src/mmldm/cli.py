@@ -1,0 +1,190 @@
+"""The ``mmldm`` command line. Each subcommand has ``--help`` with its options and an example."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mmldm import __version__
+from mmldm.checkpoint import CheckpointError, summarize_checkpoint
+from mmldm.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_yaml,
+    list_presets,
+    load_config,
+)
+from mmldm.console import setup_logging
+
+log = logging.getLogger("mmldm")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
+    group.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+
+
+def _config_options(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    group = parser.add_argument_group("configuration")
+    group.add_argument(
+        "--config",
+        default=default,
+        metavar="C",
+        help=f"a preset name ({', '.join(list_presets())}) or a YAML file"
+        + (f"; default {default}" if default else ""),
+    )
+    group.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value by its dotted key, e.g. --set dit.depth=12 (repeatable)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The resolved config of a command, logged at start (every training command calls this)."""
+    cfg = load_config(args.config, args.overrides)
+    log.info("resolved config (%s):\n%s", cfg.name, config_to_yaml(cfg).rstrip())
+    return cfg
+
+
+def _subparser(
+    subparsers: argparse._SubParsersAction, name: str, summary: str, example: str, handler: Handler
+) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog="example:\n  " + example,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# info
+# --------------------------------------------------------------------------------------------
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def format_info(summary: dict, show_config: bool = True) -> str:
+    lines = [
+        f"checkpoint      {summary['path']}",
+        f"kind            {summary['kind']}",
+        f"step            {summary['step']}",
+        f"written by      mmldm {summary['version']} (checkpoint format {summary['format']})",
+        f"file size       {summary['bytes'] / 2**20:.1f} MiB",
+        "training state  "
+        + ("yes (optimizer, RNG: resumable)" if summary["training_state"] else "no (weights only)"),
+        "",
+        f"{'module':<36}{'parameters':>14}{'tensor elements':>18}",
+    ]
+    elements = summary["tensor_elements"]
+    for name in sorted(elements):
+        top = "." not in name
+        params = summary["parameters"].get(name) if top else None
+        label = name if top else "  " + name
+        shown = _human(params) if params is not None else ""
+        lines.append(f"{label:<36}{shown:>14}{_human(elements[name]):>18}")
+    total = sum(v for k, v in elements.items() if "." not in k)
+    lines.append(
+        f"{'total':<36}{_human(sum(summary['parameters'].values())):>14}{_human(total):>18}"
+    )
+    if show_config and summary["config"] is not None:
+        cfg = config_from_dict(summary["config"], source=f"config stored in {summary['path']}")
+        lines += ["", f"config ({cfg.name}):", config_to_yaml(cfg).rstrip()]
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print(format_info(summarize_checkpoint(args.checkpoint), show_config=not args.no_config))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# config
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.list:
+        print("\n".join(list_presets()))
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    text = config_to_yaml(cfg)
+    if args.out:
+        Path(args.out).write_text(text)
+        log.info("wrote %s", args.out)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmldm",
+        description="MM-LDM: multi-modal latent diffusion for sounding video generation.",
+        epilog="Run 'mmldm COMMAND --help' for a command's options and an example.",
+    )
+    parser.add_argument("--version", action="version", version=f"mmldm {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = _subparser(
+        subparsers,
+        "info",
+        "print a checkpoint's step, parameter counts and stored config",
+        "mmldm info runs/generator            # latest checkpoint of a run\n"
+        "  mmldm info runs/generator/checkpoints/step_00010000 --no-config",
+        cmd_info,
+    )
+    p.add_argument("checkpoint", help="a run folder, a checkpoint folder or a .safetensors file")
+    p.add_argument("--no-config", action="store_true", help="omit the stored config")
+    _common(p)
+
+    p = _subparser(
+        subparsers,
+        "config",
+        "print the resolved config of a preset or YAML file with overrides",
+        "mmldm config --config paper_aist --set dit.depth=12 --out my_config.yaml",
+        cmd_config,
+    )
+    _config_options(p, default="paper_landscape")
+    p.add_argument("--out", help="write the resolved YAML here instead of printing it")
+    p.add_argument("--list", action="store_true", help="list the preset names and exit")
+    _common(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(verbose=args.verbose, quiet=args.quiet)
+    try:
+        return args.handler(args)
+    except ConfigError as err:
+        print(f"mmldm {args.command}: config error: {err}", file=sys.stderr)
+        return 2
+    except (CheckpointError, FileNotFoundError) as err:
+        print(f"mmldm {args.command}: error: {err}", file=sys.stderr)
+        return 1

@@ -1,0 +1,527 @@
+"""Typed configuration: one dataclass per component, YAML presets, dotted overrides.
+
+A config is built in three layers, each validated against the dataclasses below:
+
+    dataclass defaults  <-  YAML file (values only, no class paths)  <-  ``--set a.b=c`` overrides
+
+An unknown key, a value of the wrong type or a value outside a field's choices raises
+:class:`ConfigError` with the dotted key and where it came from (file or ``--set``).
+The resolved config is stored in every run folder and inside every checkpoint, so sampling
+needs nothing but the checkpoint.
+
+Defaults are the paper's Landscape settings (DESIGN.md; Sun et al. 2024, sec. 4.1) where the
+paper gives them, and the authors' published configs otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and its source."""
+
+
+def _choice(value: Any, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(choices)}")
+
+
+def _positive(obj: Any, prefix: str, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"config key '{prefix}.{name}' must be > 0, got {getattr(obj, name)}")
+
+
+def _probability(obj: Any, prefix: str, *names: str) -> None:
+    for name in names:
+        if not 0.0 <= getattr(obj, name) <= 1.0:
+            raise ConfigError(
+                f"config key '{prefix}.{name}' must be in [0, 1], got {getattr(obj, name)}"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Components
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Clips and signal settings (DESIGN.md section 2)."""
+
+    layout: str = "folder"  # folder: class = sub-folder | regex: class from file name | manifest
+    class_regex: str | None = None  # layout=regex: pattern with a named group 'label'
+    classes: list[str] = field(default_factory=list)  # fixed class order; empty: sorted names
+    num_classes: int = 9  # Landscape has 9 classes; 0 = unlabelled (no class head / embedding)
+    num_frames: int = 16  # F
+    fps: float = 10.0
+    resolution: int = 256  # frames and audio images are resolution x resolution
+    resize: str = "letterbox"  # letterbox (paper) | center_crop
+    hflip_prob: float = 0.5  # same flip for every frame of a clip (autoencoder training)
+    clip_stride: int = 16  # frames between the starts of consecutive clips of one video
+    sample_rate: int = 22050  # must equal the vocoder's rate (DESIGN.md 8.5)
+    n_fft: int = 1024
+    hop_length: int = 256
+    win_length: int = 1024
+    n_mels: int = 80
+    fmin: float = 0.0
+    fmax: float = 8000.0
+    num_workers: int = 4
+
+    def __post_init__(self) -> None:
+        _choice(self.layout, ("folder", "regex", "manifest"), "data.layout")
+        _choice(self.resize, ("letterbox", "center_crop"), "data.resize")
+        if self.layout == "regex" and not self.class_regex:
+            raise ConfigError("config key 'data.class_regex' is required when data.layout=regex")
+        _positive(self, "data", "num_frames", "fps", "resolution", "clip_stride", "sample_rate")
+        _positive(self, "data", "n_fft", "hop_length", "win_length", "n_mels")
+        _probability(self, "data", "hflip_prob")
+        if self.num_classes < 0:
+            raise ConfigError(f"config key 'data.num_classes' must be >= 0, got {self.num_classes}")
+        if self.fmax > self.sample_rate / 2:
+            raise ConfigError(
+                f"config key 'data.fmax' ({self.fmax}) is above the Nyquist frequency "
+                f"of data.sample_rate ({self.sample_rate})"
+            )
+
+    @property
+    def clip_seconds(self) -> float:
+        return self.num_frames / self.fps
+
+
+@dataclass
+class VAEConfig:
+    """Stage 0: the KL-VAE (diffusers AutoencoderKL; Stable Diffusion's f=8 VAE in the paper)."""
+
+    pretrained: str | None = None  # local diffusers folder or single .safetensors / .ckpt file
+    scaling_factor: float = 0.18215
+    latent_channels: int = 4
+    # Architecture of a VAE trained from scratch (and of the SD VAE: 128-256-512-512, 2 blocks).
+    block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 512, 512])
+    layers_per_block: int = 2
+    train_decoder_only: bool = True  # fine-tune the decoder with the encoder frozen (paper)
+    kl_weight: float = 1e-6
+    disc_weight: float = 0.0  # optional patch discriminator; 0 disables it
+
+    def __post_init__(self) -> None:
+        _positive(self, "vae", "scaling_factor", "latent_channels", "layers_per_block")
+        if not self.block_out_channels:
+            raise ConfigError("config key 'vae.block_out_channels' must not be empty")
+
+    @property
+    def downsample(self) -> int:
+        """Spatial factor f of the VAE (8 for Stable Diffusion's)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+@dataclass
+class AutoencoderConfig:
+    """Stage 1: encoders, projectors, heads and loss weights (DESIGN.md section 4)."""
+
+    latent_channels: int = 16  # C of z_v and z_a
+    key_frames: list[int] = field(default_factory=lambda: [0, 5, 10, 15])
+    video_widths: list[int] = field(default_factory=lambda: [320, 640])  # f_v = 2
+    audio_widths: list[int] = field(default_factory=lambda: [320, 640, 1280])  # f_a = 4
+    num_res_blocks: int = 2
+    head_channels: int = 64
+    semantic_dim: int = 768  # channels of s_v and s_a
+    semantic_size: int = 2  # s_v, s_a are semantic_dim x semantic_size x semantic_size
+    projector_width: int = 128
+    video_projector_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
+    audio_projector_mults: list[int] = field(default_factory=lambda: [1, 2, 4])
+    video_projector_blocks: int = 3
+    audio_projector_blocks: int = 4
+    projector_head_channels: int = 32
+    detach_projector_input: bool = True  # published code: semantic losses do not train encoders
+    contrastive_dim: int = 256
+    temperature_init: float = 0.07
+    cond_drop_prob: float = 0.1  # per modality, for classifier-free guidance when decoding
+    target_frames: int = 2  # frames decoded per clip and step while training
+    # Loss weights, eq. 3. 0 switches a term (and its head / discriminator) off.
+    cl_weight: float = 0.1
+    co_weight: float = 0.1
+    kl_weight: float = 1e-9  # 1e-9 Landscape, 1e-8 AIST++
+    gan_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        _positive(self, "autoencoder", "latent_channels", "num_res_blocks", "head_channels")
+        _positive(self, "autoencoder", "semantic_dim", "semantic_size", "projector_width")
+        _positive(self, "autoencoder", "contrastive_dim", "temperature_init", "target_frames")
+        _probability(self, "autoencoder", "cond_drop_prob")
+        for name in ("cl_weight", "co_weight", "kl_weight", "gan_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config key 'autoencoder.{name}' must be >= 0")
+        if not self.key_frames or sorted(set(self.key_frames)) != list(self.key_frames):
+            raise ConfigError("config key 'autoencoder.key_frames' must be increasing and unique")
+
+    @property
+    def video_downsample(self) -> int:
+        return 2 ** (len(self.video_widths) - 1)
+
+    @property
+    def audio_downsample(self) -> int:
+        return 2 ** (len(self.audio_widths) - 1)
+
+
+@dataclass
+class DecoderConfig:
+    """The shared diffusion signal decoder (Stable Diffusion 1.x UNet layout)."""
+
+    pretrained_unet: str | None = None  # local diffusers folder of an SD 1.x UNet
+    block_out_channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280])
+    layers_per_block: int = 2
+    attention_heads: int = 8
+    cross_attention_dim: int = 768
+    num_modality_tokens: int = 1
+    shared: bool = True  # ablation: one decoder for both modalities (paper) or one each
+    modality_embedding: bool = True  # ablation switch
+    content_feature: bool = True  # ablation switch: pooled z added to the time embedding
+    frame_index_scale: float = 1000.0  # DESIGN.md 8.4: index / F in [0, 1) scaled before embedding
+
+    def __post_init__(self) -> None:
+        _positive(self, "decoder", "layers_per_block", "attention_heads", "cross_attention_dim")
+        if not self.block_out_channels:
+            raise ConfigError("config key 'decoder.block_out_channels' must not be empty")
+        if self.num_modality_tokens < 0:
+            raise ConfigError("config key 'decoder.num_modality_tokens' must be >= 0")
+
+
+@dataclass
+class DiscriminatorConfig:
+    """Triplet discriminator <audio image, frame i, frame j> (used when gan_weight > 0)."""
+
+    base_channels: int = 32
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 4, 6, 6])
+    num_res_blocks: int = 1
+    head_channels: int = 32
+    attention_resolutions: list[int] = field(default_factory=lambda: [32])
+    start_step: int = 0  # adversarial loss switched on from this autoencoder step
+
+    def __post_init__(self) -> None:
+        _positive(self, "discriminator", "base_channels", "num_res_blocks", "head_channels")
+        if not self.channel_mults:
+            raise ConfigError("config key 'discriminator.channel_mults' must not be empty")
+
+
+@dataclass
+class DiTConfig:
+    """Stage 2: the multi-modal DiT (DESIGN.md section 5). Published size: DiT-XL/1."""
+
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    patch_size: int = 1
+    num_context_tokens: int = 0  # published code prepends 77 (text tokens for AudioSet)
+    context_drop_prob: float = 0.1
+    a2v_prob: float = 0.05  # share of training samples given z_a (audio-to-video)
+    v2a_prob: float = 0.05  # share given z_v (video-to-audio); exclusive with a2v
+    class_conditional: bool = False  # our extension: a label embedding with its own dropout
+    class_drop_prob: float = 0.1
+    long: bool = False  # second branch reading the previous clip (long / continuation)
+    long_depth: int = 0  # depth of that branch; 0 = depth // 2
+    prev_video_drop_prob: float = 0.2
+    prev_audio_drop_prob: float = 0.2
+
+    def __post_init__(self) -> None:
+        _positive(self, "dit", "hidden_size", "depth", "num_heads", "mlp_ratio", "patch_size")
+        _probability(self, "dit", "context_drop_prob", "a2v_prob", "v2a_prob", "class_drop_prob")
+        _probability(self, "dit", "prev_video_drop_prob", "prev_audio_drop_prob")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"config key 'dit.hidden_size' ({self.hidden_size}) must be divisible by "
+                f"dit.num_heads ({self.num_heads})"
+            )
+        if self.a2v_prob + self.v2a_prob > 1.0:
+            raise ConfigError("config keys 'dit.a2v_prob' + 'dit.v2a_prob' must not exceed 1")
+        if self.num_context_tokens < 0 or self.long_depth < 0:
+            raise ConfigError("config keys 'dit.num_context_tokens', 'dit.long_depth' must be >= 0")
+
+
+@dataclass
+class DiffusionConfig:
+    """Noise schedule shared by the signal decoder and the DiT (Stable Diffusion's)."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"  # scaled_linear | linear
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    prediction_type: str = "epsilon"
+
+    def __post_init__(self) -> None:
+        _choice(self.beta_schedule, ("scaled_linear", "linear"), "diffusion.beta_schedule")
+        _choice(self.prediction_type, ("epsilon",), "diffusion.prediction_type")
+        _positive(self, "diffusion", "num_train_timesteps", "beta_start", "beta_end")
+        if not self.beta_start < self.beta_end < 1:
+            raise ConfigError("config keys 'diffusion.beta_start' < 'diffusion.beta_end' < 1")
+
+
+@dataclass
+class StageTrainConfig:
+    """Optimisation settings of one training stage."""
+
+    batch_size: int = 8  # per process
+    lr: float = 1e-4
+    max_steps: int = 10000
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    grad_accum: int = 1
+    ema_decay: float = 0.0  # 0 keeps no EMA weights
+
+    def _validate(self, prefix: str) -> None:
+        _positive(self, prefix, "batch_size", "lr", "max_steps", "grad_accum")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError(f"config keys '{prefix}.warmup_steps/weight_decay/grad_clip' >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"config key '{prefix}.betas' must be two values in [0, 1)")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"config key '{prefix}.ema_decay' must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    """Training loop settings; one StageTrainConfig per trained stage."""
+
+    seed: int = 0
+    mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
+    gradient_checkpointing: bool = False
+    log_every: int = 10
+    checkpoint_every: int = 1000
+    sample_every: int = 2000
+    keep_last: int = 3  # checkpoints kept per run; 0 keeps all
+    vae: StageTrainConfig = field(
+        default_factory=lambda: StageTrainConfig(batch_size=8, lr=4.5e-6, max_steps=20000)
+    )
+    # Published: lr 1e-4, batch 20 per GPU on 8 GPUs, 30 epochs (~24K steps on AIST++).
+    autoencoder: StageTrainConfig = field(
+        default_factory=lambda: StageTrainConfig(batch_size=20, lr=1e-4, max_steps=24000)
+    )
+    # Published: lr 1e-5, batch 28 per GPU on 8 GPUs.
+    generator: StageTrainConfig = field(
+        default_factory=lambda: StageTrainConfig(
+            batch_size=28, lr=1e-5, max_steps=200000, ema_decay=0.9999
+        )
+    )
+
+    def __post_init__(self) -> None:
+        _choice(self.mixed_precision, ("auto", "no", "bf16", "fp16"), "train.mixed_precision")
+        _positive(self, "train", "log_every", "checkpoint_every", "sample_every")
+        if self.keep_last < 0:
+            raise ConfigError("config key 'train.keep_last' must be >= 0")
+        for stage in ("vae", "autoencoder", "generator"):
+            getattr(self, stage)._validate(f"train.{stage}")
+
+
+@dataclass
+class SampleConfig:
+    """Sampling settings: DiT sampler and the signal decoder's sampler."""
+
+    sampler: str = "ddim"  # ddim | dpm (diffusers' DPM-Solver++, fewer steps)
+    steps: int = 50
+    eta: float = 0.0
+    # Guidance scale phi of eq. 9 for the conditioned modality's output (1 = no guidance).
+    guidance_video: float = 1.0
+    guidance_audio: float = 1.0
+    decoder_sampler: str = "ddim"
+    decoder_steps: int = 50
+    decoder_guidance_video: float = 2.5  # classifier-free guidance of the signal decoder
+    decoder_guidance_audio: float = 2.5
+    batch_size: int = 8
+    long_clips: int = 4  # clips of a long sounding video: the first + 3 continuations = 64 frames
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice(self.sampler, ("ddim", "dpm"), "sample.sampler")
+        _choice(self.decoder_sampler, ("ddim", "dpm"), "sample.decoder_sampler")
+        _positive(self, "sample", "steps", "decoder_steps", "batch_size", "long_clips")
+        if self.eta < 0:
+            raise ConfigError("config key 'sample.eta' must be >= 0")
+
+
+@dataclass
+class Config:
+    """The whole resolved configuration of a run."""
+
+    name: str = "paper_landscape"
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        data, ae = self.data, self.autoencoder
+        if max(ae.key_frames) >= data.num_frames:
+            raise ConfigError(
+                f"config key 'autoencoder.key_frames' {ae.key_frames} indexes past "
+                f"data.num_frames={data.num_frames}"
+            )
+        if ae.target_frames > data.num_frames:
+            raise ConfigError("config key 'autoencoder.target_frames' exceeds data.num_frames")
+        factor = self.vae.downsample * max(ae.video_downsample, ae.audio_downsample)
+        if data.resolution % factor:
+            raise ConfigError(
+                f"config key 'data.resolution' ({data.resolution}) must be divisible by {factor} "
+                "(VAE factor x the encoders' downsampling)"
+            )
+
+    # Shapes derived from the config (DESIGN.md section 1).
+    @property
+    def vae_latent_size(self) -> int:
+        return self.data.resolution // self.vae.downsample
+
+    @property
+    def video_latent_shape(self) -> tuple[int, int, int]:
+        """Shape of z_v: C x H_v x W_v (16 x 16 x 16 in the paper)."""
+        s = self.vae_latent_size // self.autoencoder.video_downsample
+        return (self.autoencoder.latent_channels, s, s)
+
+    @property
+    def audio_latent_shape(self) -> tuple[int, int, int]:
+        """Shape of z_a: C x H_a x W_a (16 x 8 x 8 in the paper)."""
+        s = self.vae_latent_size // self.autoencoder.audio_downsample
+        return (self.autoencoder.latent_channels, s, s)
+
+    @property
+    def semantic_shape(self) -> tuple[int, int, int]:
+        """Shape of s_v and s_a (768 x 2 x 2 in the paper)."""
+        ae = self.autoencoder
+        return (ae.semantic_dim, ae.semantic_size, ae.semantic_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, merging, saving
+# --------------------------------------------------------------------------------------------
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            key = f"{prefix}{f.name}"
+            keys.append(key)
+            keys.extend(_all_keys(getattr(node, f.name), key + "."))
+    return keys
+
+
+def _translate(err: OmegaConfBaseException, source: str, key: str | None = None) -> ConfigError:
+    """Turn an OmegaConf error into one line that names the dotted key and the source."""
+    key = getattr(err, "full_key", None) or key or "?"
+    if isinstance(err, ConfigKeyError):
+        hint = difflib.get_close_matches(key, _all_keys(Config()), n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return ConfigError(f"unknown config key '{key}' in {source}{suggestion}")
+    if isinstance(err, ValidationError):
+        reason = str(err).splitlines()[0]
+        return ConfigError(f"config key '{key}' in {source}: {reason}")
+    return ConfigError(f"{source}: {str(err).splitlines()[0]}")
+
+
+def _merge(base: DictConfig, update: Any, source: str, key: str | None = None) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, update)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise _translate(err, source, key) from None
+
+
+def _to_object(node: DictConfig, source: str) -> Config:
+    try:
+        return OmegaConf.to_object(node)  # type: ignore[return-value]
+    except ConfigError as err:  # raised by a __post_init__
+        raise ConfigError(f"{err} ({source})") from None
+    except OmegaConfBaseException as err:
+        raise _translate(err, source) from None
+
+
+def preset_dir() -> Path:
+    """Folder of the named presets shipped with the package (``configs/`` in the repository)."""
+    return Path(str(resources.files("mmldm") / "configs"))
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML path, or the name of a preset (``tiny``, ``paper_landscape``, ...)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    preset = preset_dir() / f"{name_or_path}.yaml"
+    if not preset.is_file():
+        raise ConfigError(
+            f"no config file or preset named '{name_or_path}'; presets: {', '.join(list_presets())}"
+        )
+    return preset
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """Parse ``key.sub=value`` strings; values are YAML (``3``, ``1e-4``, ``[1,2]``, ``null``)."""
+    parsed = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not of the form key.sub=value")
+        node = OmegaConf.from_dotlist([f"{key.strip()}={value}"])
+        parsed.append((key.strip(), OmegaConf.select(node, key.strip())))
+    return parsed
+
+
+def load_config(config: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a validated :class:`Config` from a preset name or YAML file plus dotted overrides."""
+    node = OmegaConf.structured(Config)
+    source = "defaults"
+    if config is not None:
+        path = resolve_config_path(str(config))
+        source = str(path)
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as err:  # YAML syntax errors
+            raise ConfigError(f"cannot parse config file {path}: {err}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        node = _merge(node, loaded, str(path))
+        if "name" not in loaded:
+            node.name = path.stem
+    for item in overrides or []:
+        ((key, value),) = parse_overrides([item])
+        update = OmegaConf.create({})
+        OmegaConf.update(update, key, value, force_add=True)
+        node = _merge(node, update, f"--set {item}", key)
+        source = f"{source} with overrides"
+    return _to_object(node, source)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def config_from_dict(values: dict[str, Any], source: str = "a stored config") -> Config:
+    """Strictly rebuild a Config from plain values (e.g. the copy stored in a checkpoint)."""
+    node = _merge(OmegaConf.structured(Config), OmegaConf.create(values), source)
+    return _to_object(node, source)
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(config_to_yaml(cfg))
