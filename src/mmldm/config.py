@@ -99,6 +99,18 @@ class DataConfig:
 
 
 @dataclass
+class VocoderConfig:
+    """Mel -> waveform. HiFi-GAN weights from a local path, else Griffin-Lim (with a warning)."""
+
+    path: str | None = None  # HiFi-GAN release: a folder with config.json + generator, or the
+    #                          generator file with config.json beside it
+    griffin_lim_iters: int = 64  # fallback when no weights are given
+
+    def __post_init__(self) -> None:
+        _positive(self, "vocoder", "griffin_lim_iters")
+
+
+@dataclass
 class VAEConfig:
     """Stage 0: the KL-VAE (diffusers AutoencoderKL; Stable Diffusion's f=8 VAE in the paper)."""
 
@@ -355,6 +367,7 @@ class Config:
 
     name: str = "paper_landscape"
     data: DataConfig = field(default_factory=DataConfig)
+    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)

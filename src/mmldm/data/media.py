@@ -1,0 +1,349 @@
+"""Reading and writing sounding videos with PyAV (FFmpeg): frames, audio, mp4 and wav.
+
+Conventions: frames are ``uint8 [T, H, W, 3]`` RGB; audio is ``float32 [N]`` mono in [-1, 1].
+Time 0 is the first video frame; audio samples are placed on the same clock.
+Every failure raises :class:`MediaError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import soundfile
+
+log = logging.getLogger(__name__)
+
+
+class MediaError(ValueError):
+    """A media file is missing, unreadable, truncated, or lacks what was asked of it."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = Path(path)
+        self.problem = problem
+
+
+@dataclass
+class MediaInfo:
+    """What a file holds, read from its headers."""
+
+    path: Path
+    duration: float  # seconds of video (of audio for audio-only files)
+    fps: float | None
+    width: int | None
+    height: int | None
+    num_frames: int | None  # from the container; None when it does not say
+    has_video: bool
+    has_audio: bool
+    audio_rate: int | None
+
+
+@dataclass
+class Media:
+    """Decoded frames and audio of (a span of) one file."""
+
+    path: Path
+    frames: np.ndarray | None  # uint8 [T, H, W, 3]
+    frame_times: np.ndarray | None  # float64 [T], seconds
+    fps: float | None
+    audio: np.ndarray | None  # float32 [N] mono, sample k at audio_start + k / sample_rate
+    sample_rate: int | None
+    audio_start: float = 0.0  # seconds
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    if not path.exists():
+        raise MediaError(path, "file not found")
+    if path.is_dir():
+        raise MediaError(path, "is a folder, not a media file")
+    if path.stat().st_size == 0:
+        raise MediaError(path, "empty file")
+    try:
+        return av.open(str(path), "r")
+    except (av.error.FFmpegError, OSError) as err:
+        raise MediaError(path, f"cannot be opened as a media file ({err})") from None
+
+
+def probe(path: str | Path) -> MediaInfo:
+    path = Path(path)
+    with _open(path) as container:
+        video = container.streams.video[0] if container.streams.video else None
+        audio = container.streams.audio[0] if container.streams.audio else None
+        if video is None and audio is None:
+            raise MediaError(path, "has neither a video nor an audio stream")
+        main = video or audio
+        duration = None
+        if main.duration is not None and main.time_base is not None:
+            duration = float(main.duration * main.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        fps = float(video.average_rate) if video is not None and video.average_rate else None
+        return MediaInfo(
+            path=path,
+            duration=duration or 0.0,
+            fps=fps,
+            width=video.codec_context.width if video is not None else None,
+            height=video.codec_context.height if video is not None else None,
+            num_frames=(video.frames or None) if video is not None else None,
+            has_video=video is not None,
+            has_audio=audio is not None,
+            audio_rate=audio.codec_context.sample_rate if audio is not None else None,
+        )
+
+
+def read_media(
+    path: str | Path,
+    *,
+    sample_rate: int | None = None,
+    start: float = 0.0,
+    duration: float | None = None,
+    video: bool = True,
+    audio: bool = True,
+) -> Media:
+    """Decode the frames and the first audio track (resampled, mono) of a span of a file.
+
+    Args:
+        sample_rate: resample the audio to this rate (required when ``audio``).
+        start, duration: the span in seconds; ``duration=None`` reads to the end.
+        video, audio: which streams are required; a missing one raises MediaError.
+
+    A span reaching past the end of the file raises MediaError ("clip shorter than
+    requested"), as does a file whose decodable frames stop well before its stated length.
+    """
+    path = Path(path)
+    if audio and not sample_rate:
+        raise ValueError("read_media: sample_rate is required to read audio")
+    with _open(path) as container:
+        vstream = container.streams.video[0] if container.streams.video else None
+        astream = container.streams.audio[0] if container.streams.audio else None
+        if video and vstream is None:
+            raise MediaError(path, "has no video stream")
+        if audio and astream is None:
+            raise MediaError(path, "has no audio stream")
+        streams = [s for s, want in ((vstream, video), (astream, audio)) if want]
+        origin = _stream_origin(vstream if vstream is not None else astream)
+        end = None if duration is None else start + duration
+        if start > 0:
+            anchor = vstream if video else astream
+            try:
+                container.seek(
+                    int((start + origin) / anchor.time_base), stream=anchor, backward=True
+                )
+            except av.error.FFmpegError as err:
+                raise MediaError(path, f"cannot seek to {start:.2f}s ({err})") from None
+        frames, times, chunks = [], [], []
+        audio_start = None
+        resampler = (
+            av.AudioResampler(format="flt", layout="mono", rate=sample_rate) if audio else None
+        )
+        video_done, audio_done = not video, not audio
+        try:
+            for packet in container.demux(streams):
+                if video_done and audio_done:
+                    break
+                for frame in packet.decode():
+                    t = (frame.time if frame.time is not None else 0.0) - origin
+                    if isinstance(frame, av.VideoFrame):
+                        if video_done:
+                            continue
+                        if end is not None and t >= end - 1e-6:
+                            video_done = True
+                            continue
+                        frames.append(frame.to_ndarray(format="rgb24"))
+                        times.append(t)
+                    elif not audio_done:
+                        assert resampler is not None
+                        for out in resampler.resample(frame):
+                            if audio_start is None:
+                                audio_start = t
+                            chunks.append(out.to_ndarray().reshape(-1))
+                        if end is not None and t > end + 0.1:
+                            audio_done = True
+            if resampler is not None:
+                for out in resampler.resample(None):
+                    chunks.append(out.to_ndarray().reshape(-1))
+        except av.error.FFmpegError as err:
+            raise MediaError(path, f"corrupt or truncated data while decoding ({err})") from None
+
+        media = Media(path=path, frames=None, frame_times=None, fps=None, audio=None,
+                      sample_rate=sample_rate if audio else None)
+        if video:
+            assert vstream is not None
+            if not frames:
+                raise MediaError(path, f"no decodable video frames at {start:.2f}s")
+            media.fps = float(vstream.average_rate) if vstream.average_rate else None
+            keep = [i for i, t in enumerate(times) if t >= start - 0.5 / (media.fps or 1e3)]
+            media.frames = np.stack([frames[i] for i in keep])
+            media.frame_times = np.asarray([times[i] for i in keep], dtype=np.float64)
+            _check_complete(path, vstream, media.frame_times, media.fps, start, end)
+        if audio:
+            if not chunks:
+                raise MediaError(path, "the audio stream holds no samples")
+            samples = np.concatenate(chunks).astype(np.float32)
+            media.audio, media.audio_start = _cut_audio(
+                path, samples, audio_start or 0.0, sample_rate, start, end
+            )
+        return media
+
+
+def _stream_origin(stream: av.stream.Stream | None) -> float:
+    if stream is None or stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
+
+
+def _check_complete(path, vstream, times, fps, start, end) -> None:
+    step = 1.0 / fps if fps else 0.0
+    last = float(times[-1]) + step
+    if end is not None:
+        if last < end - 0.5 * step - 1e-6:
+            raise MediaError(
+                path,
+                f"clip shorter than requested: {start:.2f}-{end:.2f}s asked, frames end at "
+                f"{last:.2f}s",
+            )
+        return
+    stated = vstream.frames or 0
+    decoded = len(times) + (round(start * fps) if fps else 0)
+    if stated and decoded < 0.98 * stated - 2:
+        raise MediaError(
+            path, f"truncated: the container states {stated} frames, only {decoded} decode"
+        )
+
+
+def _cut_audio(path, samples, audio_start, rate, start, end) -> tuple[np.ndarray, float]:
+    """Samples of [start, end) on the video clock; short gaps at the edges are zero-padded."""
+    first = int(round((start - audio_start) * rate))
+    if end is None:
+        if first > 0:
+            samples = samples[first:]
+        elif first < 0:
+            samples = np.concatenate([np.zeros(-first, np.float32), samples])
+        if samples.size == 0:
+            raise MediaError(path, "zero-length audio")
+        return samples, start
+    count = int(round((end - start) * rate))
+    have = samples[max(first, 0) : first + count]
+    pad_front = max(-first, 0)
+    pad_back = count - pad_front - have.size
+    tolerance = int(0.05 * rate) + 1024  # an AAC frame of priming or padding
+    if pad_back > tolerance or pad_front > tolerance:
+        raise MediaError(
+            path,
+            f"clip shorter than requested: audio covers {audio_start:.2f}-"
+            f"{audio_start + samples.size / rate:.2f}s, {start:.2f}-{end:.2f}s asked",
+        )
+    out = np.concatenate(
+        [np.zeros(pad_front, np.float32), have, np.zeros(max(pad_back, 0), np.float32)]
+    )
+    return out[:count], start
+
+
+def read_audio(
+    path: str | Path, sample_rate: int, *, start: float = 0.0, duration: float | None = None
+) -> np.ndarray:
+    """Mono float32 audio of a wav or of any file with an audio track, at ``sample_rate``."""
+    return read_media(
+        path, sample_rate=sample_rate, start=start, duration=duration, video=False
+    ).audio  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def _tmp_beside(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+
+
+def to_uint8_frames(frames: np.ndarray) -> np.ndarray:
+    """uint8 frames pass through; float frames in [-1, 1] are mapped to [0, 255]."""
+    frames = np.asarray(frames)
+    if frames.dtype == np.uint8:
+        return frames
+    return np.clip(np.round((frames.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def write_video(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: float,
+    audio: np.ndarray | None = None,
+    sample_rate: int | None = None,
+    *,
+    crf: int = 18,
+) -> Path:
+    """Write an mp4: H.264 (yuv420p) video and, when given, AAC mono audio.
+
+    Args:
+        frames: ``[T, H, W, 3]`` uint8, or float in [-1, 1]; H and W must be even.
+        audio: ``[N]`` float in [-1, 1] (clipped); its duration should match T / fps.
+
+    The file is written beside its destination and renamed into place, so that a reader
+    never sees a half-written video. ``+faststart`` puts the index first for web players.
+    """
+    path = Path(path)
+    frames = to_uint8_frames(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"write_video {path}: frames must be [T, H, W, 3], got {frames.shape}")
+    height, width = frames.shape[1:3]
+    if height % 2 or width % 2:
+        raise ValueError(f"write_video {path}: H.264 needs even sizes, got {width}x{height}")
+    if audio is not None and not sample_rate:
+        raise ValueError(f"write_video {path}: sample_rate is required with audio")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_beside(path)
+    rate = Fraction(fps).limit_denominator(1001)
+    try:
+        with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+            vstream = out.add_stream("libx264", rate=rate)
+            vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
+            vstream.options = {"crf": str(crf), "preset": "medium"}
+            astream = None
+            if audio is not None:
+                astream = out.add_stream("aac", rate=sample_rate, layout="mono")
+                astream.bit_rate = 128_000
+            for i, image in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+                frame.pts = i
+                frame.time_base = 1 / rate
+                out.mux(vstream.encode(frame))
+            out.mux(vstream.encode(None))
+            if astream is not None:
+                assert audio is not None and sample_rate is not None
+                wave = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
+                chunk = 1024
+                for offset in range(0, wave.size, chunk):
+                    piece = np.ascontiguousarray(wave[offset : offset + chunk][None, :])
+                    frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
+                    frame.sample_rate = sample_rate
+                    frame.pts = offset
+                    frame.time_base = Fraction(1, sample_rate)
+                    out.mux(astream.encode(frame))
+                out.mux(astream.encode(None))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
+    """16-bit PCM wav of mono float audio in [-1, 1] (clipped), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_beside(path)
+    wave = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    try:
+        soundfile.write(str(tmp), wave, sample_rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
