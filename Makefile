@@ -10,9 +10,17 @@ CONSTRAINTS ?= constraints-cpu.txt
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mmldm-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install system-deps clean
 
 install: $(STAMP)
+
+# Debian's ffmpeg gives ffprobe, which the tests use to check written mp4 files.
+system-deps:
+	@command -v ffprobe >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's ffmpeg (for ffprobe)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; \
+	  else echo "ffprobe is missing: sudo apt-get install ffmpeg"; exit 1; fi; }
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "mmldm needs Python >= 3.10"'
@@ -23,7 +31,7 @@ $(STAMP): pyproject.toml $(wildcard $(CONSTRAINTS)) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[dev]"
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

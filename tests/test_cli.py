@@ -8,7 +8,7 @@ from mmldm.checkpoint import save_checkpoint
 from mmldm.cli import build_parser, main
 from mmldm.config import load_config
 
-SUBCOMMANDS = ["info", "config", "synth-data"]
+SUBCOMMANDS = ["info", "config", "synth-data", "preprocess"]
 
 
 def test_console_script_help_lists_subcommands():

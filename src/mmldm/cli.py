@@ -19,6 +19,8 @@ from mmldm.config import (
     load_config,
 )
 from mmldm.console import setup_logging
+from mmldm.data.dataset import DatasetError
+from mmldm.data.media import MediaError
 
 log = logging.getLogger("mmldm")
 
@@ -153,6 +155,28 @@ def cmd_synth_data(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# preprocess
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from mmldm.data.dataset import SoundingVideoDataset
+
+    cfg = config_from_args(args)
+    dataset = SoundingVideoDataset(args.data, cfg.data, cache_dir=args.cache)
+    written = dataset.preprocess()
+    log.info(
+        "%s: %d videos decoded into %s (%d already cached, %d skipped)",
+        args.data,
+        written,
+        args.cache,
+        len(dataset.videos) - written,
+        len(dataset.skipped),
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
 
@@ -208,6 +232,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_options(p, default="demo")
     _common(p)
+
+    p = _subparser(
+        subparsers,
+        "preprocess",
+        "decode a dataset once into a cache of frames and audio, so training reads arrays",
+        "mmldm preprocess --data data/landscape --cache cache/landscape --config paper_landscape",
+        cmd_preprocess,
+    )
+    p.add_argument("--data", required=True, help="data folder or manifest (.csv / .jsonl)")
+    p.add_argument(
+        "--cache",
+        required=True,
+        help="cache folder (entries are keyed by the "
+        "source file and the signal settings, stale ones are never read)",
+    )
+    _config_options(p)
+    _common(p)
     return parser
 
 
@@ -220,6 +261,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"mmldm {args.command}: config error: {err}", file=sys.stderr)
         return 2
-    except (CheckpointError, FileNotFoundError) as err:
+    except (CheckpointError, FileNotFoundError, MediaError, DatasetError) as err:
         print(f"mmldm {args.command}: error: {err}", file=sys.stderr)
         return 1

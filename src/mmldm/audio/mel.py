@@ -4,9 +4,10 @@ HiFi-GAN's ``mel_spectrogram`` (DESIGN.md section 2):
     reflect-pad (n_fft - hop) / 2 on each side, STFT without centring (Hann window),
     magnitude sqrt(re^2 + im^2 + 1e-9), Slaney mel filterbank, log(clamp(x, 1e-5)).
 
-Audio image (the paper, sec. 3.1): log-mel -> dB = 20 log10(mel) -> clip((dB - 20 + 100) / 100, 0, 1)
--> grey image (rows = mel bands, band 0 on top; columns = frames) -> RGB -> resized to the frame
-size, in [-1, 1] like the video frames. :func:`audio_image_to_mel` inverts it.
+Audio image (the paper, sec. 3.1): log-mel -> dB = 20 log10(mel)
+-> clip((dB - 20 + 100) / 100, 0, 1) -> grey image (rows = mel bands, band 0 on top;
+columns = frames) -> RGB -> resized to the frame size, in [-1, 1] like the video frames.
+:func:`audio_image_to_mel` inverts it.
 """
 
 from __future__ import annotations
@@ -171,12 +172,14 @@ def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
 
 @lru_cache(maxsize=32)
 def _unresize_matrix(n_orig: int, n_resized: int) -> torch.Tensor:
-    """Pseudo-inverse ``[n_orig, n_resized]`` of ``resize_matrix(n_orig, n_resized)``.
+    """``[n_orig, n_resized]``: the way back from ``resize_matrix(n_orig, n_resized)``.
 
-    Enlarging has full column rank, so pinv undoes it exactly; for a decoded (noisy) image it
-    gives the least-squares fit.
+    Enlarging has full column rank, so its pseudo-inverse undoes it exactly (and gives the
+    least-squares fit for a decoded, noisy image). Shrinking lost detail: resize back up.
     """
-    return torch.linalg.pinv(resize_matrix(n_orig, n_resized))
+    if n_resized >= n_orig:
+        return torch.linalg.pinv(resize_matrix(n_orig, n_resized))
+    return resize_matrix(n_resized, n_orig)
 
 
 def _resize(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:

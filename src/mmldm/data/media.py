@@ -58,6 +58,40 @@ class Media:
     audio_start: float = 0.0  # seconds
 
 
+def _iso_bmff_problem(path: Path) -> str | None:
+    """For mp4 / mov files: walk the top-level boxes and report one that the file cuts off.
+
+    FFmpeg opens such a file when the index (moov) survived and then reports whatever it
+    finds, e.g. a missing audio stream; checking the box sizes names the real problem.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if fh.read(8)[4:8] != b"ftyp":
+            return None
+        pos = 0
+        while pos < size:
+            fh.seek(pos)
+            header = fh.read(8)
+            if len(header) < 8:
+                return f"truncated: a box header at byte {pos} is cut off"
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
+            if length == 1:  # 64-bit size follows
+                large = fh.read(8)
+                if len(large) < 8:
+                    return f"truncated: the '{kind}' box header at byte {pos} is cut off"
+                length = int.from_bytes(large, "big")
+            elif length == 0:  # the box extends to the end of the file
+                return None
+            if length < 8:
+                return f"corrupt: box '{kind}' at byte {pos} has an invalid size {length}"
+            if pos + length > size:
+                return (
+                    f"truncated: the '{kind}' box ends at byte {pos + length}, the file at {size}"
+                )
+            pos += length
+    return None
+
+
 def _open(path: Path) -> av.container.InputContainer:
     if not path.exists():
         raise MediaError(path, "file not found")
@@ -65,6 +99,9 @@ def _open(path: Path) -> av.container.InputContainer:
         raise MediaError(path, "is a folder, not a media file")
     if path.stat().st_size == 0:
         raise MediaError(path, "empty file")
+    problem = _iso_bmff_problem(path)
+    if problem:
+        raise MediaError(path, problem)
     try:
         return av.open(str(path), "r")
     except (av.error.FFmpegError, OSError) as err:
@@ -106,6 +143,7 @@ def read_media(
     duration: float | None = None,
     video: bool = True,
     audio: bool = True,
+    grid_fps: float | None = None,
 ) -> Media:
     """Decode the frames and the first audio track (resampled, mono) of a span of a file.
 
@@ -113,6 +151,8 @@ def read_media(
         sample_rate: resample the audio to this rate (required when ``audio``).
         start, duration: the span in seconds; ``duration=None`` reads to the end.
         video, audio: which streams are required; a missing one raises MediaError.
+        grid_fps: return the frames shown at ``start + k / grid_fps`` (the source's frame rate
+            converted while decoding, so only the kept frames are held in memory).
 
     A span reaching past the end of the file raises MediaError ("clip shorter than
     requested"), as does a file whose decodable frames stop well before its stated length.
@@ -138,10 +178,16 @@ def read_media(
                 )
             except av.error.FFmpegError as err:
                 raise MediaError(path, f"cannot seek to {start:.2f}s ({err})") from None
-        frames, times, chunks = [], [], []
+        src_fps = (
+            float(vstream.average_rate) if vstream is not None and vstream.average_rate else None
+        )
+        collector = _FrameCollector(start, end, grid_fps, src_fps)
+        chunks: list[np.ndarray] = []
         audio_start = None
         resampler = (
-            av.AudioResampler(format="flt", layout="mono", rate=sample_rate) if audio else None
+            # keep the channels through resampling, then average them: FFmpeg's own downmix
+            # scales by 1/sqrt(2) per channel, which would make a centred stereo source louder
+            av.AudioResampler(format="fltp", rate=sample_rate) if audio else None
         )
         video_done, audio_done = not video, not audio
         try:
@@ -151,38 +197,39 @@ def read_media(
                 for frame in packet.decode():
                     t = (frame.time if frame.time is not None else 0.0) - origin
                     if isinstance(frame, av.VideoFrame):
-                        if video_done:
-                            continue
-                        if end is not None and t >= end - 1e-6:
-                            video_done = True
-                            continue
-                        frames.append(frame.to_ndarray(format="rgb24"))
-                        times.append(t)
+                        if not video_done:
+                            video_done = not collector.add(frame, t)
                     elif not audio_done:
                         assert resampler is not None
                         for out in resampler.resample(frame):
                             if audio_start is None:
                                 audio_start = t
-                            chunks.append(out.to_ndarray().reshape(-1))
+                            chunks.append(out.to_ndarray().mean(axis=0))
                         if end is not None and t > end + 0.1:
                             audio_done = True
             if resampler is not None:
                 for out in resampler.resample(None):
-                    chunks.append(out.to_ndarray().reshape(-1))
+                    chunks.append(out.to_ndarray().mean(axis=0))
         except av.error.FFmpegError as err:
             raise MediaError(path, f"corrupt or truncated data while decoding ({err})") from None
 
-        media = Media(path=path, frames=None, frame_times=None, fps=None, audio=None,
-                      sample_rate=sample_rate if audio else None)
+        media = Media(
+            path=path,
+            frames=None,
+            frame_times=None,
+            fps=None,
+            audio=None,
+            sample_rate=sample_rate if audio else None,
+        )
         if video:
             assert vstream is not None
+            frames, times = collector.finish()
             if not frames:
                 raise MediaError(path, f"no decodable video frames at {start:.2f}s")
-            media.fps = float(vstream.average_rate) if vstream.average_rate else None
-            keep = [i for i, t in enumerate(times) if t >= start - 0.5 / (media.fps or 1e3)]
-            media.frames = np.stack([frames[i] for i in keep])
-            media.frame_times = np.asarray([times[i] for i in keep], dtype=np.float64)
-            _check_complete(path, vstream, media.frame_times, media.fps, start, end)
+            media.fps = grid_fps or src_fps
+            media.frames = np.stack(frames)
+            media.frame_times = np.asarray(times, dtype=np.float64)
+            _check_complete(path, vstream, media.frame_times, media.fps, start, end, grid_fps)
         if audio:
             if not chunks:
                 raise MediaError(path, "the audio stream holds no samples")
@@ -199,7 +246,58 @@ def _stream_origin(stream: av.stream.Stream | None) -> float:
     return float(stream.start_time * stream.time_base)
 
 
-def _check_complete(path, vstream, times, fps, start, end) -> None:
+class _FrameCollector:
+    """Keeps decoded frames of [start, end), either all of them or those on a time grid.
+
+    On a grid, the frame shown at grid time g is the last one that starts at or before g; a
+    frame is known to cover [its time, the next frame's time), so each frame is held only until
+    the next one arrives.
+    """
+
+    def __init__(self, start: float, end: float | None, grid_fps: float | None, src_fps):
+        self.start, self.end, self.grid_fps = start, end, grid_fps
+        self.src_step = 1.0 / src_fps if src_fps else 0.0
+        self.frames: list[np.ndarray] = []
+        self.times: list[float] = []
+        self.pending: tuple[av.VideoFrame, float] | None = None
+        self.next_k = 0
+
+    def _emit(self, until: float) -> None:
+        """Assign the pending frame to every grid time before ``until``."""
+        assert self.pending is not None and self.grid_fps is not None
+        image = None
+        while True:
+            g = self.start + self.next_k / self.grid_fps
+            if g >= until - 1e-4 or (self.end is not None and g >= self.end - 1e-6):
+                return
+            if image is None:
+                image = self.pending[0].to_ndarray(format="rgb24")
+            self.frames.append(image)
+            self.times.append(g)
+            self.next_k += 1
+
+    def add(self, frame: av.VideoFrame, t: float) -> bool:
+        """Take one decoded frame; False once the span is complete."""
+        if self.grid_fps is None:
+            if self.end is not None and t >= self.end - 1e-6:
+                return False
+            if t >= self.start - 0.5 * self.src_step:
+                self.frames.append(frame.to_ndarray(format="rgb24"))
+                self.times.append(t)
+            return True
+        if self.pending is not None:
+            self._emit(t)
+        self.pending = (frame, t)
+        return self.end is None or t < self.end - 1e-6
+
+    def finish(self) -> tuple[list[np.ndarray], list[float]]:
+        if self.grid_fps is not None and self.pending is not None:
+            self._emit(self.pending[1] + (self.src_step or 1.0 / self.grid_fps))
+            self.pending = None
+        return self.frames, self.times
+
+
+def _check_complete(path, vstream, times, fps, start, end, grid_fps) -> None:
     step = 1.0 / fps if fps else 0.0
     last = float(times[-1]) + step
     if end is not None:
@@ -211,6 +309,8 @@ def _check_complete(path, vstream, times, fps, start, end) -> None:
             )
         return
     stated = vstream.frames or 0
+    if grid_fps is not None and vstream.average_rate:  # count in source frames
+        stated = stated * grid_fps / float(vstream.average_rate)
     decoded = len(times) + (round(start * fps) if fps else 0)
     if stated and decoded < 0.98 * stated - 2:
         raise MediaError(
