@@ -1,0 +1,120 @@
+"""Stage 0: the KL-VAE (diffusers ``AutoencoderKL``), built from config or loaded from disk.
+
+Sources ``vae.pretrained`` may name (nothing is ever downloaded):
+    - a diffusers folder (``config.json`` + weights; also a pipeline folder with ``vae/``),
+    - an original latent-diffusion / Stable Diffusion single file (``.ckpt``, ``.safetensors``,
+      full pipeline or VAE only), converted with diffusers' own key mapping,
+    - an mmldm ``train-vae`` run or checkpoint (its config holds the architecture).
+
+Latents follow Stable Diffusion: a posterior sample times ``scaling_factor`` (0.18215).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+
+from mmldm.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_file,
+    load_weights,
+    read_metadata,
+    resolve_checkpoint,
+)
+from mmldm.config import VAEConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_vae(cfg: VAEConfig) -> AutoencoderKL:
+    """A randomly initialised AutoencoderKL of the configured architecture."""
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=min(32, min(cfg.block_out_channels)),
+        scaling_factor=cfg.scaling_factor,
+    )
+
+
+def _is_mmldm_checkpoint(path: Path) -> bool:
+    try:
+        weights = resolve_checkpoint(path)
+    except CheckpointError:
+        return False
+    return "mmldm.config" in read_metadata(weights)
+
+
+def load_vae(cfg: VAEConfig) -> AutoencoderKL:
+    """The VAE named by ``cfg.pretrained``, or a fresh one of ``cfg``'s architecture."""
+    if cfg.pretrained is None:
+        return build_vae(cfg)
+    path = Path(cfg.pretrained)
+    if not path.exists():
+        raise CheckpointError(f"VAE weights not found: {path} (config key vae.pretrained)")
+    if _is_mmldm_checkpoint(path):
+        ckpt = load_checkpoint(path, kind="vae")
+        vae = build_vae(ckpt.config.vae)
+        load_weights(vae, ckpt.state_dict("vae"), source=str(ckpt.path))
+    elif path.is_dir():
+        folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"{path}: a diffusers VAE folder needs config.json")
+        vae = AutoencoderKL.from_pretrained(folder, local_files_only=True)
+    else:
+        vae = _from_single_file(path, cfg)
+    if vae.config.latent_channels != cfg.latent_channels:
+        raise CheckpointError(
+            f"{path}: the VAE has {vae.config.latent_channels} latent channels, config key "
+            f"vae.latent_channels says {cfg.latent_channels}"
+        )
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if factor != cfg.downsample:
+        raise CheckpointError(
+            f"{path}: the VAE downsamples by {factor}, vae.block_out_channels implies "
+            f"{cfg.downsample}"
+        )
+    return vae
+
+
+def _from_single_file(path: Path, cfg: VAEConfig) -> AutoencoderKL:
+    """An original LDM / SD checkpoint file (VAE only or a whole pipeline)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    try:
+        sd = load_state_dict_file(path, key="state_dict")
+    except CheckpointError:
+        sd = load_state_dict_file(path)
+    prefix = "first_stage_model."
+    if any(k.startswith(prefix) for k in sd):
+        sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    vae = build_vae(cfg)
+    if not any(k.startswith("encoder.down_blocks.") for k in sd):  # original LDM key names
+        sd = convert_ldm_vae_checkpoint(sd, dict(vae.config))
+    load_weights(vae, sd, source=str(path))
+    return vae
+
+
+@torch.no_grad()
+def encode(vae: AutoencoderKL, images: torch.Tensor, sample: bool = True) -> torch.Tensor:
+    """Images ``[B, 3, H, W]`` in [-1, 1] -> scaled latents ``[B, C, H / f, W / f]``.
+
+    ``sample``: a posterior sample (the paper) or the posterior mean.
+    """
+    posterior = vae.encode(images).latent_dist
+    z = posterior.sample() if sample else posterior.mean
+    return z * vae.config.scaling_factor
+
+
+def decode(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents -> images in [-1, 1] (not clamped: callers clamp for display)."""
+    return vae.decode(latents / vae.config.scaling_factor).sample

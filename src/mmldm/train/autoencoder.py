@@ -1,0 +1,281 @@
+"""Stage 1 training: the multi-modal autoencoder's loss (paper eq. 3) and its training loop.
+
+    L = L_mse + l_cl * L_cl + l_co * L_co + l_kl * (KL_a + KL_v) + l_gan * L_gan
+
+L_mse is the eps-prediction error of the signal decoder on 2 target frames per clip and on the
+audio image, with independent timesteps per modality. The adversarial term judges VAE-decoded
+one-step x_0 estimates WITH their gradient path to the decoder (DESIGN.md 8.2: the published
+code decoded them under no-grad, so its GAN never reached the decoder).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmldm.config import Config
+from mmldm.console import progress
+from mmldm.data.dataset import SoundingVideoDataset
+from mmldm.diffusion.schedule import add_noise, alphas_cumprod, predict_x0
+from mmldm.models.autoencoder import MultiModalAutoencoder, VAEInputs, vae_inputs
+from mmldm.models.discriminator import (
+    TripletDiscriminator,
+    hinge_d_loss,
+    hinge_g_loss,
+    make_triplets,
+)
+from mmldm.models.vae import decode as vae_decode
+from mmldm.models.vae import load_vae
+from mmldm.run import RunLogger
+from mmldm.train.common import (
+    EpochSampler,
+    Throughput,
+    batches,
+    finite_or_raise,
+    lr_at,
+    make_accelerator,
+    make_optimizer,
+    resume_training,
+    save_training_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+NUM_TARGETS = 2  # frames i < j drawn per clip (paper)
+
+
+@dataclass
+class GanInputs:
+    """Real and reconstructed pixels for the triplet discriminator."""
+
+    audio: torch.Tensor  # [B, 3, S, S]
+    frames: torch.Tensor  # [B, 2, 3, S, S]
+    audio_hat: torch.Tensor  # [B, 3, S, S], carries the decoder's gradient
+    frames_hat: torch.Tensor  # [B, 2, 3, S, S], carries the decoder's gradient
+
+    def triplets(self, detach: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        a_hat, v_hat = self.audio_hat, self.frames_hat
+        if detach:
+            a_hat, v_hat = a_hat.detach(), v_hat.detach()
+        return make_triplets(
+            self.audio, self.frames[:, 0], self.frames[:, 1], a_hat, v_hat[:, 0], v_hat[:, 1]
+        )
+
+
+def autoencoder_loss(
+    model: MultiModalAutoencoder,
+    inputs: VAEInputs,
+    labels: torch.Tensor,
+    cfg: Config,
+    *,
+    vae: nn.Module | None = None,
+    discriminator: nn.Module | None = None,
+) -> tuple[torch.Tensor, dict[str, float], GanInputs | None]:
+    """The autoencoder's loss on one batch.
+
+    Args:
+        inputs: from :func:`vae_inputs` (``target_frames`` are used only with a discriminator).
+        labels: ``[B]`` class indices (-1: unlabelled).
+        vae, discriminator: given together to add the generator side of the adversarial loss.
+    Returns:
+        (total loss, logged terms, the pixels the discriminator step needs or None).
+    """
+    ae = cfg.autoencoder
+    b, n = inputs.target_latents.shape[:2]
+    device = inputs.audio_latent.device
+    abar = alphas_cumprod(cfg.diffusion).to(device)
+    enc = model.encode(inputs.key_latents, inputs.audio_latent)
+    logs: dict[str, float] = {}
+
+    # Condition dropout per modality (classifier-free guidance at decoding time).
+    keep_a = (torch.rand(b, device=device) >= ae.cond_drop_prob).float()
+    keep_v = (torch.rand(b, device=device) >= ae.cond_drop_prob).float()
+    labeled = labels >= 0
+    cond_a = model.decoder.condition("audio", enc.z_a, enc.s_v, labels, keep_a)
+    cond_v = model.decoder.condition(
+        "video",
+        enc.z_v.repeat_interleave(n, 0),  # [B*n, ...]: each clip's z for each of its targets
+        enc.s_a.repeat_interleave(n, 0),
+        labels.repeat_interleave(n, 0),
+        keep_v.repeat_interleave(n, 0),
+        frame_index=inputs.target_index.flatten().float() / cfg.data.num_frames,
+    )
+    x0_a, x0_v = inputs.audio_latent, inputs.target_latents.flatten(0, 1)
+    t_a = torch.randint(0, len(abar), (b,), device=device)  # independent per modality
+    t_v = torch.randint(0, len(abar), (b * n,), device=device)
+    noise_a, noise_v = torch.randn_like(x0_a), torch.randn_like(x0_v)
+    xt_a, xt_v = add_noise(x0_a, noise_a, t_a, abar), add_noise(x0_v, noise_v, t_v, abar)
+    eps_a, eps_v = model.decoder.predict_both(xt_a, t_a, cond_a, xt_v, t_v, cond_v)
+    mse_a, mse_v = F.mse_loss(eps_a.float(), noise_a), F.mse_loss(eps_v.float(), noise_v)
+    loss = mse_a + mse_v
+    logs.update(loss_mse_audio=mse_a.item(), loss_mse_video=mse_v.item())
+
+    kl = enc.post_a.kl().mean() + enc.post_v.kl().mean()
+    loss = loss + ae.kl_weight * kl
+    logs["kl"] = kl.item()
+    if model.classifier is not None and labeled.any():
+        logits = model.classifier(enc.s_a, enc.s_v)
+        cl = F.cross_entropy(logits[labeled].float(), labels[labeled])
+        loss = loss + ae.cl_weight * cl
+        logs["loss_cl"] = cl.item()
+        logs["class_acc"] = float((logits[labeled].argmax(-1) == labels[labeled]).float().mean())
+    if model.contrastive is not None and b > 1:
+        co = model.contrastive.loss(enc.s_a.float(), enc.s_v.float())
+        loss = loss + ae.co_weight * co
+        logs["loss_co"] = co.item()
+
+    gan = None
+    if discriminator is not None and vae is not None:
+        x0_hat_a = predict_x0(xt_a, eps_a, t_a, abar)
+        x0_hat_v = predict_x0(xt_v, eps_v, t_v, abar)
+        pixels = vae_decode(vae, torch.cat([x0_hat_a, x0_hat_v]))  # gradient flows through
+        gan = GanInputs(
+            audio=inputs.audio_image,
+            frames=inputs.target_frames,
+            audio_hat=pixels[:b],
+            frames_hat=pixels[b:].unflatten(0, (b, n)),
+        )
+        _, fakes = gan.triplets(detach=False)
+        g = hinge_g_loss(discriminator(fakes[:b]))  # <a^, v^_i, v^_j> should pass as real
+        loss = loss + ae.gan_weight * g
+        logs["loss_gan_g"] = g.item()
+    logs["loss"] = loss.item()
+    return loss, logs, gan
+
+
+def discriminator_loss(discriminator: nn.Module, gan: GanInputs) -> torch.Tensor:
+    """Hinge loss on the real triplet and the four fakes (reconstructions detached)."""
+    real, fakes = gan.triplets(detach=True)
+    return hinge_d_loss(discriminator(real), discriminator(fakes))
+
+
+# --------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------
+
+
+class Objective(nn.Module):
+    """The loss as the forward of one module, so that DDP sees one forward per backward.
+
+    The frozen VAE and the discriminator are held outside the module's parameters (the
+    discriminator has its own optimizer; its gradients from this loss are cleared before its
+    own step).
+    """
+
+    def __init__(self, model: MultiModalAutoencoder, cfg: Config) -> None:
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self.aux: dict[str, nn.Module | None] = {"vae": None, "discriminator": None}
+
+    def forward(self, inputs: VAEInputs, labels: torch.Tensor, gan_on: bool):
+        return autoencoder_loss(
+            self.model,
+            inputs,
+            labels,
+            self.cfg,
+            vae=self.aux["vae"] if gan_on else None,
+            discriminator=self.aux["discriminator"] if gan_on else None,
+        )
+
+
+def train_autoencoder(
+    cfg: Config,
+    data: str | Path,
+    run: str | Path,
+    *,
+    resume: bool = False,
+    cache_dir: str | Path | None = None,
+    max_steps: int | None = None,
+) -> Path:
+    """Train stage 1 into the run folder ``run``; returns the last checkpoint's folder."""
+    run = Path(run)
+    stage = cfg.train.autoencoder
+    total = max_steps or stage.max_steps
+    accelerator = make_accelerator(cfg, stage)
+    device = accelerator.device
+    dataset = SoundingVideoDataset(data, cfg.data, cache_dir=cache_dir)
+    vae = load_vae(cfg.vae).to(device).eval().requires_grad_(False)
+    model = MultiModalAutoencoder(cfg, cfg.train.gradient_checkpointing)
+    objective = Objective(model, cfg)
+    opt = make_optimizer(model.parameters(), stage)
+    disc = TripletDiscriminator(cfg.discriminator) if cfg.autoencoder.gan_weight > 0 else None
+    modules: dict[str, nn.Module] = {"autoencoder": model, "vae": vae}
+    optimizers: dict[str, torch.optim.Optimizer] = {"autoencoder": opt}
+    if disc is not None:
+        disc_opt = make_optimizer(disc.parameters(), stage)
+        objective, opt, disc, disc_opt = accelerator.prepare(objective, opt, disc, disc_opt)
+        modules["discriminator"], optimizers["discriminator"] = disc, disc_opt
+        accelerator.unwrap_model(objective).aux.update(
+            vae=vae, discriminator=accelerator.unwrap_model(disc)
+        )
+    else:
+        objective, opt = accelerator.prepare(objective, opt)
+    optimizers["autoencoder"] = opt
+
+    step = resume_training(accelerator, run, "autoencoder", modules, optimizers) if resume else 0
+    sampler = EpochSampler(
+        len(dataset),
+        cfg.train.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
+        stage.batch_size,
+    )
+    stream = batches(dataset, sampler, stage.batch_size, cfg.data.num_workers, step)
+    logger = RunLogger(
+        run, cfg, resume_step=step if resume else None, main_process=accelerator.is_main_process
+    )
+    clock = Throughput(step, total)
+    bar = progress(total=total, initial=step, desc="autoencoder")
+    last = None
+    while step < total:
+        batch = next(stream)
+        video, audio = batch["video"].to(device), batch["audio"].to(device)
+        labels = batch["label"].to(device)
+        flip = torch.rand(len(video), device=device) < cfg.data.hflip_prob
+        inputs = vae_inputs(vae, cfg, video, audio, NUM_TARGETS, flip=flip)
+        gan_on = disc is not None and step >= cfg.discriminator.start_step
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, stage)
+        with accelerator.accumulate(objective), accelerator.autocast():
+            loss, logs, gan = objective(inputs, labels, gan_on)
+            finite_or_raise(loss, step)
+            accelerator.backward(loss)
+            if stage.grad_clip and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(objective.parameters(), stage.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if gan_on and gan is not None:
+            disc_opt.zero_grad(set_to_none=True)  # drop what the generator loss left there
+            with accelerator.accumulate(disc), accelerator.autocast():
+                d_loss = discriminator_loss(disc, gan)
+                accelerator.backward(d_loss)
+                disc_opt.step()
+                disc_opt.zero_grad(set_to_none=True)
+            logs["loss_gan_d"] = d_loss.item()
+        step += 1
+        bar.update(1)
+        if step % cfg.train.log_every == 0 or step == total:
+            logs["lr"] = opt.param_groups[0]["lr"]
+            logger.log(step, logs)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", left=clock.eta(step))
+            if bar.disable:  # no progress bar (not a terminal): a log line instead
+                log.info(
+                    "autoencoder step %d/%d loss %.4f (%s left)",
+                    step,
+                    total,
+                    logs["loss"],
+                    clock.eta(step),
+                )
+        if step % cfg.train.checkpoint_every == 0 or step == total:
+            last = save_training_checkpoint(
+                accelerator, run, cfg, "autoencoder", step, modules, optimizers
+            )
+    bar.close()
+    logger.close()
+    accelerator.end_training()
+    return last if last is not None else run

@@ -1,0 +1,233 @@
+"""What every training stage shares: accelerate set-up, exactly resumable data order,
+learning-rate warm-up, EMA, and checkpoints with the full training state.
+
+Exact resume: the data order of epoch e is a permutation seeded by (seed, e), sharded across
+processes; a resumed run skips the batches its checkpoint had consumed. Every other random draw
+(noise, timesteps, dropout, flips) comes from the global RNGs, whose states (one per process)
+are saved in the checkpoint. So a run killed and resumed matches an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mmldm.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    load_weights,
+    restore_rng_state,
+    save_checkpoint,
+)
+from mmldm.config import Config, StageTrainConfig, config_to_yaml, load_config
+
+log = logging.getLogger(__name__)
+
+
+def make_accelerator(cfg: Config, stage: StageTrainConfig) -> Accelerator:
+    """One process, several GPUs / nodes (``accelerate launch``, torchrun) or 2 CPU processes."""
+    precision = cfg.train.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "no"
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=stage.grad_accum,
+        # unused parameters are legitimate: e.g. the discriminator before it starts
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    set_seed(cfg.train.seed + accelerator.process_index)
+    return accelerator
+
+
+class EpochSampler(Sampler[int]):
+    """A per-epoch permutation seeded by (seed, epoch), this process's shard, from a batch on."""
+
+    def __init__(self, size: int, seed: int, rank: int, world: int, batch_size: int) -> None:
+        self.size, self.seed, self.rank, self.world = size, seed, rank, world
+        self.batch_size = batch_size
+        self.epoch, self.start_batch = 0, 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return (self.size // self.world) // self.batch_size
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _indices(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        shard = order[
+            self.rank : self.batches_per_epoch * self.batch_size * self.world : self.world
+        ]
+        return shard[self.start_batch * self.batch_size :]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+
+def batches(
+    dataset: Dataset, sampler: EpochSampler, batch_size: int, num_workers: int, start_step: int
+) -> Iterator[dict]:
+    """Endless batches, continuing the data order of an interrupted run at ``start_step``."""
+    per_epoch = sampler.batches_per_epoch
+    if per_epoch == 0:
+        raise ValueError(
+            f"the dataset has {sampler.size} clips: too few for batch size {batch_size} on "
+            f"{sampler.world} process(es)"
+        )
+    epoch, offset = divmod(start_step, per_epoch)
+    while True:
+        sampler.set_epoch(epoch, offset)
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=num_workers,
+            drop_last=True,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+        )
+        yield from loader
+        epoch, offset = epoch + 1, 0
+
+
+def lr_at(step: int, stage: StageTrainConfig) -> float:
+    """Linear warm-up, then constant (the published configs use a constant rate)."""
+    if stage.warmup_steps and step < stage.warmup_steps:
+        return stage.lr * (step + 1) / stage.warmup_steps
+    return stage.lr
+
+
+def make_optimizer(params, stage: StageTrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(
+        [p for p in params if p.requires_grad],
+        lr=stage.lr,
+        betas=tuple(stage.betas),
+        weight_decay=stage.weight_decay,
+    )
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+@dataclass
+class TrainState:
+    """Counters carried across a resume."""
+
+    step: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_training_checkpoint(
+    accelerator: Accelerator,
+    run: Path,
+    cfg: Config,
+    kind: str,
+    step: int,
+    modules: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+) -> Path | None:
+    """Gather every process's RNG state and write one checkpoint from the main process."""
+    rng = gather_object([capture_rng_state()])  # one state per process, in rank order
+    path = None
+    if accelerator.is_main_process:
+        path = save_checkpoint(
+            run / "checkpoints",
+            modules={k: accelerator.unwrap_model(m) for k, m in modules.items()},
+            config=cfg,
+            kind=kind,
+            step=step,
+            training_state={
+                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                "rng": list(rng),
+                "world_size": accelerator.num_processes,
+            },
+            keep_last=cfg.train.keep_last,
+        )
+    accelerator.wait_for_everyone()
+    return path
+
+
+def resume_training(
+    accelerator: Accelerator,
+    run: Path,
+    kind: str,
+    modules: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+) -> int:
+    """Load the latest checkpoint of ``run`` into modules and optimizers; returns its step."""
+    ckpt = load_checkpoint(run, kind=kind)
+    for name, module in modules.items():
+        load_weights(accelerator.unwrap_model(module), ckpt.state_dict(name), source=str(ckpt.path))
+    state = ckpt.training_state()
+    if state is None:
+        raise ValueError(f"{ckpt.path}: no training state beside it, cannot resume")
+    for name, opt in optimizers.items():
+        opt.load_state_dict(state["optimizers"][name])
+    rng = state["rng"]
+    if len(rng) != accelerator.num_processes:
+        log.warning(
+            "resuming on %d processes a run saved on %d: data order and random draws continue "
+            "but are not bit-identical to an uninterrupted run",
+            accelerator.num_processes,
+            len(rng),
+        )
+    restore_rng_state(rng[accelerator.process_index % len(rng)])
+    log.info("resumed %s from %s at step %d", kind, ckpt.path, ckpt.step)
+    return ckpt.step
+
+
+def run_config(run: Path, config: str | None, overrides: list[str], resume: bool) -> Config:
+    """The config of a (resumed) run: a resumed run keeps its stored config, new overrides are
+    refused so that the resumed run is the same run."""
+    stored = run / "config.yaml"
+    if resume:
+        if not stored.is_file():
+            raise FileNotFoundError(f"{run}: no config.yaml, not a run folder to resume")
+        if config is not None or overrides:
+            raise ValueError("--resume continues a run with its own config: drop --config/--set")
+        return load_config(stored)
+    return load_config(config, overrides)
+
+
+class Throughput:
+    """Seconds per step and an estimate of the time left, for the progress line."""
+
+    def __init__(self, start_step: int, max_steps: int) -> None:
+        self.t0, self.s0, self.max_steps = time.perf_counter(), start_step, max_steps
+
+    def eta(self, step: int) -> str:
+        done = step - self.s0
+        if done <= 0:
+            return "?"
+        left = (time.perf_counter() - self.t0) / done * (self.max_steps - step)
+        return f"{int(left // 60)}m{int(left % 60):02d}s"
+
+
+def log_config(cfg: Config) -> None:
+    log.info("resolved config (%s):\n%s", cfg.name, config_to_yaml(cfg).rstrip())
+
+
+def finite_or_raise(loss: torch.Tensor, step: int) -> None:
+    if not math.isfinite(float(loss)):
+        raise FloatingPointError(f"loss became {float(loss)} at step {step}")
