@@ -8,7 +8,15 @@ from mmldm.checkpoint import save_checkpoint
 from mmldm.cli import build_parser, main
 from mmldm.config import load_config
 
-SUBCOMMANDS = ["info", "config", "synth-data", "preprocess"]
+SUBCOMMANDS = [
+    "info",
+    "config",
+    "synth-data",
+    "preprocess",
+    "train-vae",
+    "train-autoencoder",
+    "reconstruct",
+]
 
 
 def test_console_script_help_lists_subcommands():

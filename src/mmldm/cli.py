@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -177,6 +178,122 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# training commands
+# --------------------------------------------------------------------------------------------
+
+
+def _training_options(p: argparse.ArgumentParser, stage: str) -> None:
+    p.add_argument("--data", help="data folder or manifest (stored in the run for --resume)")
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--resume", metavar="RUN", help="continue this run from its last checkpoint")
+    p.add_argument("--cache", help="decode cache folder (see mmldm preprocess)")
+    p.add_argument("--max-steps", type=int, help=f"stop here (default train.{stage}.max_steps)")
+    p.add_argument(
+        "--vae",
+        help="KL-VAE weights: sets vae.pretrained (diffusers folder, "
+        "single file or an mmldm train-vae run)",
+    )
+    _config_options(p)
+    _common(p)
+
+
+def _training_setup(args: argparse.Namespace) -> tuple[Config, Path, str, str | None]:
+    """(config, run folder, data, cache) for a fresh or a resumed run."""
+    import json
+
+    from mmldm.train.common import run_config
+
+    run = Path(args.resume or args.out or "")
+    if not args.resume and not args.out:
+        raise ConfigError("give --out RUN for a new run or --resume RUN")
+    overrides = list(args.overrides)
+    if args.vae and not args.resume:
+        overrides.append(f"vae.pretrained={args.vae}")
+    cfg = run_config(run, args.config, overrides, resume=bool(args.resume))
+    stored = run / "data.json"
+    if args.resume and stored.is_file():
+        saved = json.loads(stored.read_text())
+        args.data = args.data or saved["data"]
+        args.cache = args.cache or saved.get("cache")
+    if not args.data:
+        raise ConfigError("--data is required")
+    run.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("RANK", "0")) == 0:  # one process of a distributed launch reports
+        stored.write_text(json.dumps({"data": str(args.data), "cache": args.cache}))
+        log.info("resolved config (%s):\n%s", cfg.name, config_to_yaml(cfg).rstrip())
+    return cfg, run, args.data, args.cache
+
+
+def cmd_train_vae(args: argparse.Namespace) -> int:
+    from mmldm.train.vae import train_vae
+
+    cfg, run, data, cache = _training_setup(args)
+    path = train_vae(
+        cfg, data, run, resume=bool(args.resume), cache_dir=cache, max_steps=args.max_steps
+    )
+    log.info("done: %s", path)
+    return 0
+
+
+def cmd_train_autoencoder(args: argparse.Namespace) -> int:
+    from mmldm.train.autoencoder import train_autoencoder
+
+    cfg, run, data, cache = _training_setup(args)
+    path = train_autoencoder(
+        cfg, data, run, resume=bool(args.resume), cache_dir=cache, max_steps=args.max_steps
+    )
+    log.info("done: %s", path)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# reconstruct
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    import torch
+
+    from mmldm.audio.mel import MelSettings
+    from mmldm.audio.vocoder import load_vocoder
+    from mmldm.data.clips import frames_to_tensor_layout
+    from mmldm.data.dataset import decode_span
+    from mmldm.data.media import write_video
+    from mmldm.decode import decode_latents, encode_clips, load_autoencoder
+
+    device = torch.device(args.device)
+    model, vae, cfg = load_autoencoder(args.autoencoder, device)
+    vocoder = load_vocoder(
+        args.vocoder or cfg.vocoder.path,
+        MelSettings.from_config(cfg.data),
+        cfg.vocoder.griffin_lim_iters,
+    ).to(device)
+    frames, audio = decode_span(Path(args.input), cfg.data, args.start, cfg.data.clip_seconds)
+    video = torch.from_numpy(frames_to_tensor_layout(frames))[None].to(device)
+    wave = torch.from_numpy(audio)[None].to(device)
+    z_a, z_v = encode_clips(model, vae, video, wave)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    out = decode_latents(
+        model, vae, vocoder, z_a, z_v, steps=args.steps, generator=generator, desc="decoding"
+    )
+    write_video(
+        args.out,
+        out.frames[0].permute(0, 2, 3, 1).cpu().numpy(),
+        cfg.data.fps,
+        out.wave[0].cpu().numpy(),
+        out.sample_rate,
+    )
+    log.info(
+        "wrote %s (%d frames, %.2f s of audio, vocoder: %s)",
+        args.out,
+        cfg.data.num_frames,
+        out.wave.shape[-1] / out.sample_rate,
+        vocoder.kind,
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
 
@@ -248,6 +365,46 @@ def build_parser() -> argparse.ArgumentParser:
         "source file and the signal settings, stale ones are never read)",
     )
     _config_options(p)
+    _common(p)
+
+    p = _subparser(
+        subparsers,
+        "train-vae",
+        "stage 0: fine-tune the KL-VAE decoder on frames and audio images (or train a small one)",
+        "mmldm train-vae --config paper_landscape --vae models/sd-vae --data data/landscape "
+        "--out runs/vae",
+        cmd_train_vae,
+    )
+    _training_options(p, "vae")
+
+    p = _subparser(
+        subparsers,
+        "train-autoencoder",
+        "stage 1: train the multi-modal autoencoder (accelerate: 1 process, GPUs, nodes)",
+        "mmldm train-autoencoder --config paper_landscape --vae runs/vae --data data/landscape "
+        "--out runs/ae\n  accelerate launch --num_processes 8 -m mmldm train-autoencoder ...\n"
+        "  mmldm train-autoencoder --resume runs/ae",
+        cmd_train_autoencoder,
+    )
+    _training_options(p, "autoencoder")
+
+    p = _subparser(
+        subparsers,
+        "reconstruct",
+        "encode a real clip with a trained autoencoder and decode it back to an mp4 with sound",
+        "mmldm reconstruct --autoencoder runs/ae --input clip.mp4 --out recon.mp4",
+        cmd_reconstruct,
+    )
+    p.add_argument("--autoencoder", required=True, help="autoencoder run or checkpoint")
+    p.add_argument("--input", required=True, help="a video file with sound")
+    p.add_argument("--out", required=True, help="output mp4")
+    p.add_argument("--start", type=float, default=0.0, help="clip start in seconds")
+    p.add_argument(
+        "--steps", type=int, help="decoder sampling steps (default sample.decoder_steps)"
+    )
+    p.add_argument("--vocoder", help="HiFi-GAN folder (default vocoder.path of the checkpoint)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--seed", type=int, default=0)
     _common(p)
     return parser
 

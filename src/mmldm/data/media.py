@@ -407,6 +407,7 @@ def write_video(
             vstream = out.add_stream("libx264", rate=rate)
             vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
             vstream.options = {"crf": str(crf), "preset": "medium"}
+            vstream.thread_count = 1  # threaded x264 gave different bytes for the same frames
             astream = None
             if audio is not None:
                 astream = out.add_stream("aac", rate=sample_rate, layout="mono")

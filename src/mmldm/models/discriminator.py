@@ -83,3 +83,27 @@ def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.
 def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """Generator side: the fully reconstructed triplet <a^, v^_i, v^_j> should look real."""
     return -fake_logits.mean()
+
+
+class PatchDiscriminator(nn.Module):
+    """A PatchGAN (pix2pix / taming) for the optional adversarial term of VAE training:
+    ``[N, 3, H, W]`` -> patch logits ``[N, 1, H / 8, W / 8]``."""
+
+    def __init__(self, base_channels: int = 64, layers: int = 3) -> None:
+        super().__init__()
+        seq: list[nn.Module] = [nn.Conv2d(3, base_channels, 4, 2, 1), nn.LeakyReLU(0.2)]
+        ch = base_channels
+        for i in range(1, layers):
+            out = base_channels * min(2**i, 8)
+            seq += [nn.Conv2d(ch, out, 4, 2, 1), group_norm(out), nn.LeakyReLU(0.2)]
+            ch = out
+        seq += [
+            nn.Conv2d(ch, ch, 3, 1, 1),
+            group_norm(ch),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(ch, 1, 3, 1, 1),
+        ]
+        self.net = nn.Sequential(*seq)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)

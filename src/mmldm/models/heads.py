@@ -33,13 +33,30 @@ class ClassificationHead(nn.Module):
         return self.net(torch.cat([s_a.flatten(1), s_v.flatten(1)], dim=1))
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every process's gradient of the gathered tensor and
+    returns this process's slice (each process computes the loss over the global batch)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.size = dist.get_rank(), len(x)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every process; gradients flow back to the local part."""
+    """Concatenate ``x`` ``[B, ...]`` from every process (same B on each); gradients flow back
+    to the local part."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 class ContrastiveHead(nn.Module):

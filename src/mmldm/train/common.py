@@ -41,12 +41,16 @@ def make_accelerator(cfg: Config, stage: StageTrainConfig) -> Accelerator:
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
     accelerator = Accelerator(
+        # without a GPU, say so: accelerate then runs torchrun / launch processes over gloo
+        cpu=not torch.cuda.is_available(),
         mixed_precision=precision,
         gradient_accumulation_steps=stage.grad_accum,
         # unused parameters are legitimate: e.g. the discriminator before it starts
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(cfg.train.seed + accelerator.process_index)
+    if not accelerator.is_main_process:  # one process reports; the others only warn
+        logging.getLogger("mmldm").setLevel(logging.WARNING)
     return accelerator
 
 
@@ -100,7 +104,9 @@ def batches(
             num_workers=num_workers,
             drop_last=True,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=False,
+            # its own generator: creating the iterator must not draw from the global RNG,
+            # whose state a resumed run restores at a different point of the epoch
+            generator=torch.Generator().manual_seed(sampler.seed + epoch),
         )
         yield from loader
         epoch, offset = epoch + 1, 0
@@ -229,5 +235,6 @@ def log_config(cfg: Config) -> None:
 
 
 def finite_or_raise(loss: torch.Tensor, step: int) -> None:
-    if not math.isfinite(float(loss)):
-        raise FloatingPointError(f"loss became {float(loss)} at step {step}")
+    value = loss.detach().float().item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss became {value} at step {step}")

@@ -1,0 +1,180 @@
+"""Stage 0: adapt the KL-VAE to the data (paper: fine-tune its decoder per dataset on video
+frames and audio images, since Stable Diffusion's VAE never saw audio images), or train a small
+AutoencoderKL from scratch for small configs.
+
+Loss: L1 reconstruction + kl_weight * KL (only when the encoder trains) + disc_weight * hinge GAN
+with a PatchGAN discriminator (optional, ``vae.disc_weight > 0``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmldm.audio.mel import MelSettings, mel_spectrogram, mel_to_audio_image
+from mmldm.config import Config
+from mmldm.console import progress
+from mmldm.data.dataset import SoundingVideoDataset
+from mmldm.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
+from mmldm.models.vae import load_vae
+from mmldm.run import RunLogger
+from mmldm.train.common import (
+    EpochSampler,
+    Throughput,
+    batches,
+    finite_or_raise,
+    lr_at,
+    make_accelerator,
+    make_optimizer,
+    resume_training,
+    save_training_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+FRAMES_PER_CLIP = 2  # frames drawn per clip, with the clip's audio image
+
+
+class VAEObjective(nn.Module):
+    """Reconstruction (+ KL) (+ generator GAN term) of a batch of images, as one forward."""
+
+    def __init__(self, vae: nn.Module, cfg: Config) -> None:
+        super().__init__()
+        self.vae, self.cfg = vae, cfg
+        self.aux: dict[str, nn.Module | None] = {"discriminator": None}
+
+    def forward(self, images: torch.Tensor):
+        c = self.cfg.vae
+        posterior = self.vae.encode(images).latent_dist
+        z = posterior.sample() if not c.train_decoder_only else posterior.mean.detach()
+        recon = self.vae.decode(z).sample
+        rec = F.l1_loss(recon.float(), images.float())
+        loss, logs = rec, {"loss_rec": rec.item()}
+        if not c.train_decoder_only:
+            kl = posterior.kl().mean()
+            loss = loss + c.kl_weight * kl
+            logs["kl"] = kl.item()
+        disc = self.aux["discriminator"]
+        if disc is not None:
+            g = hinge_g_loss(disc(recon))
+            loss = loss + c.disc_weight * g
+            logs["loss_gan_g"] = g.item()
+        logs["loss"] = loss.item()
+        return loss, logs, recon
+
+
+def clip_images(cfg: Config, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    """Training images of a batch: 2 random frames per clip and the clip's audio image."""
+    b, f = video.shape[:2]
+    pick = torch.rand(b, f, device=video.device).argsort(dim=1)[:, :FRAMES_PER_CLIP]
+    frames = torch.gather(video, 1, pick[:, :, None, None, None].expand(-1, -1, *video.shape[2:]))
+    mel = mel_spectrogram(audio.float(), MelSettings.from_config(cfg.data))
+    audio_image = mel_to_audio_image(mel, cfg.data.resolution).to(video.dtype)
+    return torch.cat([frames.flatten(0, 1), audio_image])
+
+
+@torch.no_grad()
+def calibrated_scaling(cfg: Config, vae: nn.Module, images: torch.Tensor) -> Config:
+    """A VAE trained from scratch gets its own latent scale (latent-diffusion practice: 1 / std
+    of the latents), stored in the config it is saved with, so that later stages see unit-scale
+    latents as they do with Stable Diffusion's 0.18215."""
+    import dataclasses
+
+    std = vae.encode(images).latent_dist.sample().float().std().item()
+    factor = 1.0 / max(std, 1e-6)
+    vae.register_to_config(scaling_factor=factor)
+    log.info("VAE latent std %.4f: scaling_factor set to %.5f", std, factor)
+    return dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, scaling_factor=factor))
+
+
+def train_vae(
+    cfg: Config,
+    data: str | Path,
+    run: str | Path,
+    *,
+    resume: bool = False,
+    cache_dir: str | Path | None = None,
+    max_steps: int | None = None,
+) -> Path:
+    """Train stage 0 into ``run``; returns the last checkpoint's folder."""
+    run = Path(run)
+    stage = cfg.train.vae
+    total = max_steps or stage.max_steps
+    accelerator = make_accelerator(cfg, stage)
+    device = accelerator.device
+    dataset = SoundingVideoDataset(data, cfg.data, cache_dir=cache_dir)
+    vae = load_vae(cfg.vae)
+    if cfg.vae.train_decoder_only:  # the paper: encoder frozen, so its latents keep their meaning
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    objective = VAEObjective(vae, cfg)
+    opt = make_optimizer(vae.parameters(), stage)
+    modules: dict[str, nn.Module] = {"vae": vae}
+    optimizers: dict[str, torch.optim.Optimizer] = {"vae": opt}
+    disc = PatchDiscriminator() if cfg.vae.disc_weight > 0 else None
+    if disc is not None:
+        disc_opt = make_optimizer(disc.parameters(), stage)
+        objective, opt, disc, disc_opt = accelerator.prepare(objective, opt, disc, disc_opt)
+        modules["discriminator"], optimizers["discriminator"] = disc, disc_opt
+        accelerator.unwrap_model(objective).aux["discriminator"] = accelerator.unwrap_model(disc)
+    else:
+        objective, opt = accelerator.prepare(objective, opt)
+    optimizers["vae"] = opt
+    step = resume_training(accelerator, run, "vae", modules, optimizers) if resume else 0
+    sampler = EpochSampler(
+        len(dataset),
+        cfg.train.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
+        stage.batch_size,
+    )
+    stream = batches(dataset, sampler, stage.batch_size, cfg.data.num_workers, step)
+    logger = RunLogger(
+        run, cfg, resume_step=step if resume else None, main_process=accelerator.is_main_process
+    )
+    clock = Throughput(step, total)
+    bar = progress(total=total, initial=step, desc="vae")
+    last = None
+    while step < total:
+        batch = next(stream)
+        images = clip_images(cfg, batch["video"].to(device), batch["audio"].to(device))
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, stage)
+        with accelerator.accumulate(objective), accelerator.autocast():
+            loss, logs, recon = objective(images)
+            finite_or_raise(loss, step)
+            accelerator.backward(loss)
+            if stage.grad_clip and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(objective.parameters(), stage.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if disc is not None:
+            disc_opt.zero_grad(set_to_none=True)
+            with accelerator.accumulate(disc), accelerator.autocast():
+                d_loss = hinge_d_loss(disc(images), disc(recon.detach()))
+                accelerator.backward(d_loss)
+                disc_opt.step()
+                disc_opt.zero_grad(set_to_none=True)
+            logs["loss_gan_d"] = d_loss.item()
+        step += 1
+        bar.update(1)
+        if step % cfg.train.log_every == 0 or step == total:
+            logs["lr"] = opt.param_groups[0]["lr"]
+            logger.log(step, logs)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", left=clock.eta(step))
+            if bar.disable:
+                log.info(
+                    "vae step %d/%d loss %.4f (%s left)", step, total, logs["loss"], clock.eta(step)
+                )
+        if step == total and not cfg.vae.train_decoder_only:
+            cfg = calibrated_scaling(cfg, accelerator.unwrap_model(objective).vae, images)
+        if step % cfg.train.checkpoint_every == 0 or step == total:
+            last = save_training_checkpoint(accelerator, run, cfg, "vae", step, modules, optimizers)
+    bar.close()
+    logger.close()
+    accelerator.end_training()
+    return last if last is not None else run
