@@ -134,34 +134,40 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_metrics(records: list[dict[str, Any]], path: str | Path) -> None:
-    """Loss terms against step (log scale when all positive) and, below, the learning rate."""
+    """One small panel per logged value against step (log scale when it stays positive), with
+    a smoothed curve over the raw one once there are many points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = sorted({k for r in records for k in r if k not in _NOT_PLOTTED})
-    lr_keys = [k for k in keys if k == "lr" or k.startswith("lr_") or k.endswith("_lr")]
-    loss_keys = [k for k in keys if k not in lr_keys]
-    panels = 2 if lr_keys else 1
-    fig, axes = plt.subplots(panels, 1, figsize=(8, 3.2 * panels + 1), sharex=True, squeeze=False)
-    for ax, group in zip(axes[:, 0], (loss_keys, lr_keys), strict=False):
-        positive = True
-        for key in group:
-            pts = [(r["step"], r[key]) for r in records if key in r and math.isfinite(r[key])]
-            if pts:
-                steps, values = zip(*pts, strict=True)
-                ax.plot(steps, values, label=key, linewidth=1.2)
-                positive &= min(values) > 0
-        if group and positive:
+    keys.sort(key=lambda k: (k != "loss", k.startswith("lr"), k))  # total loss first, lr last
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        pts = [(r["step"], r[key]) for r in records if key in r and math.isfinite(r[key])]
+        if not pts:
+            continue
+        steps, values = zip(*pts, strict=True)
+        ax.plot(steps, values, linewidth=0.8, alpha=0.45 if len(values) > 50 else 1.0)
+        if len(values) > 50:
+            smooth, acc = [], values[0]
+            for v in values:
+                acc = 0.95 * acc + 0.05 * v
+                smooth.append(acc)
+            ax.plot(steps, smooth, linewidth=1.5)
+        if min(values) > 0 and max(values) / min(values) > 10:
             ax.set_yscale("log")
+        ax.set_title(key, fontsize=9)
         ax.grid(alpha=0.3)
-        if group:
-            ax.legend(fontsize=8, loc="best")
-    axes[0, 0].set_title(f"{Path(path).parent.name}: training curves")
-    axes[-1, 0].set_xlabel("step")
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    fig.suptitle(f"{Path(path).parent.name}: training curves (x: step)", fontsize=10)
     fig.tight_layout()
     tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100, format="png")
+    fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
     os.replace(tmp, path)  # a viewer never sees half a picture

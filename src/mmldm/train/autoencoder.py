@@ -29,6 +29,7 @@ from mmldm.models.discriminator import (
     hinge_g_loss,
     make_triplets,
 )
+from mmldm.models.signal_decoder import load_pretrained_unet
 from mmldm.models.vae import decode as vae_decode
 from mmldm.models.vae import load_vae
 from mmldm.run import RunLogger
@@ -183,6 +184,48 @@ class Objective(nn.Module):
         )
 
 
+@torch.no_grad()
+def write_reconstructions(
+    model: MultiModalAutoencoder,
+    vae,
+    video: torch.Tensor,
+    audio: torch.Tensor,
+    folder: Path,
+    num: int = 2,
+) -> None:
+    """Encode and decode a few clips of the batch: mp4s with sound and a PNG grid (rows:
+    original frames + audio image, then their reconstructions)."""
+    from mmldm.audio.vocoder import load_vocoder_from_config
+    from mmldm.data.media import write_video
+    from mmldm.decode import decode_latents, encode_clips
+    from mmldm.viz import save_grid
+
+    cfg = model.cfg
+    was_training = model.training
+    model.eval()
+    video, audio = video[:num].float(), audio[:num].float()
+    vocoder = load_vocoder_from_config(cfg).to(video.device)
+    z_a, z_v = encode_clips(model, vae, video, audio)
+    out = decode_latents(
+        model, vae, vocoder, z_a, z_v, generator=torch.Generator(video.device).manual_seed(0)
+    )
+    inputs = vae_inputs(vae, cfg, video, audio, num_targets=0)
+    rows, labels = [], []
+    for i in range(len(video)):
+        write_video(
+            folder / f"recon_{i}.mp4",
+            out.frames[i].permute(0, 2, 3, 1).cpu().numpy(),
+            cfg.data.fps,
+            out.wave[i].cpu().numpy(),
+            out.sample_rate,
+        )
+        rows += [[*video[i], inputs.audio_image[i]], [*out.frames[i], out.audio_image[i]]]
+        labels += [f"clip {i}", f"recon {i}"]
+    save_grid(rows, folder / "grid.png", labels)
+    model.train(was_training)
+    log.info("wrote reconstructions to %s", folder)
+
+
 def train_autoencoder(
     cfg: Config,
     data: str | Path,
@@ -201,6 +244,9 @@ def train_autoencoder(
     dataset = SoundingVideoDataset(data, cfg.data, cache_dir=cache_dir)
     vae = load_vae(cfg.vae).to(device).eval().requires_grad_(False)
     model = MultiModalAutoencoder(cfg, cfg.train.gradient_checkpointing)
+    if cfg.decoder.pretrained_unet and not resume:  # the paper starts from SD 1.x's UNet
+        for unet in model.decoder.unets.values():
+            load_pretrained_unet(unet, cfg.decoder.pretrained_unet)
     objective = Objective(model, cfg)
     opt = make_optimizer(model.parameters(), stage)
     disc = TripletDiscriminator(cfg.discriminator) if cfg.autoencoder.gan_weight > 0 else None
@@ -275,6 +321,12 @@ def train_autoencoder(
             last = save_training_checkpoint(
                 accelerator, run, cfg, "autoencoder", step, modules, optimizers
             )
+        if step % cfg.train.sample_every == 0 or step == total:
+            if accelerator.is_main_process:
+                write_reconstructions(
+                    model, vae, video, audio, run / "samples" / f"step_{step:08d}"
+                )
+            accelerator.wait_for_everyone()
     bar.close()
     logger.close()
     accelerator.end_training()
