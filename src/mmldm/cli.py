@@ -294,6 +294,17 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mmldm.evaluate import evaluate_command
+
+    return evaluate_command(args)
+
+
+# --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
 
@@ -405,6 +416,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocoder", help="HiFi-GAN folder (default vocoder.path of the checkpoint)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0)
+    _common(p)
+
+    p = _subparser(
+        subparsers,
+        "evaluate",
+        "FVD / KVD / FAD and the synthetic-benchmark scores of generated sounding videos",
+        "mmldm evaluate --real data/landscape --fake samples/svg \\\n"
+        "    --i3d weights/i3d_pretrained_400.pt --vggish weights/vggish.pth \\\n"
+        "    --resolution 256 --out metrics.json",
+        cmd_evaluate,
+    )
+    p.add_argument("--real", required=True, help="real videos: a data folder or manifest")
+    p.add_argument("--fake", required=True, help="generated videos: a folder of mp4 files")
+    p.add_argument(
+        "--i3d",
+        help="I3D weights for FVD/KVD: i3d_pretrained_400.pt (state dict) or i3d_torchscript.pt",
+    )
+    p.add_argument("--vggish", help="VGGish weights (torchvggish state dict) for FAD")
+    p.add_argument("--vggish-pca", help="VGGish PCA parameters (vggish_pca_params)")
+    p.add_argument("--audioclip", help="AudioCLIP-Full-Training.pt for MM-Diffusion's FAD")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        choices=[64, 256],
+        default=256,
+        help="frames are resized to this before the I3D preprocessing (paper: both)",
+    )
+    p.add_argument("--num", type=int, default=2048, help="clips per side (paper: 2048)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="which clips are drawn when subsampling")
+    p.add_argument("--out", help="write the metrics and settings as JSON here")
+    _config_options(p)
     _common(p)
     return parser
 
