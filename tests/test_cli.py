@@ -16,6 +16,7 @@ SUBCOMMANDS = [
     "train-vae",
     "train-autoencoder",
     "reconstruct",
+    "evaluate",
 ]
 
 
