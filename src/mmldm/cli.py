@@ -12,6 +12,7 @@ from pathlib import Path
 from mmldm import __version__
 from mmldm.checkpoint import CheckpointError, summarize_checkpoint
 from mmldm.config import (
+    TASKS,
     Config,
     ConfigError,
     config_from_dict,
@@ -183,16 +184,17 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _training_options(p: argparse.ArgumentParser, stage: str) -> None:
-    p.add_argument("--data", help="data folder or manifest (stored in the run for --resume)")
+    if stage != "generator":
+        p.add_argument("--data", help="data folder or manifest (stored in the run for --resume)")
+        p.add_argument("--cache", help="decode cache folder (see mmldm preprocess)")
+        p.add_argument(
+            "--vae",
+            help="KL-VAE weights: sets vae.pretrained (diffusers folder, single file or an "
+            "mmldm train-vae run)",
+        )
     p.add_argument("--out", help="run folder to create")
     p.add_argument("--resume", metavar="RUN", help="continue this run from its last checkpoint")
-    p.add_argument("--cache", help="decode cache folder (see mmldm preprocess)")
     p.add_argument("--max-steps", type=int, help=f"stop here (default train.{stage}.max_steps)")
-    p.add_argument(
-        "--vae",
-        help="KL-VAE weights: sets vae.pretrained (diffusers folder, "
-        "single file or an mmldm train-vae run)",
-    )
     _config_options(p)
     _common(p)
 
@@ -290,6 +292,107 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         out.wave.shape[-1] / out.sample_rate,
         vocoder.kind,
     )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# stage 2: latents, generator, sampling
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_cache_latents(args: argparse.Namespace) -> int:
+    from mmldm.data.latents import cache_latents
+
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = args.device
+    if device == "cuda" and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    cache_latents(
+        args.autoencoder,
+        args.data,
+        args.out,
+        device=device,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        rank=rank,
+        world=world,
+        cache_dir=args.cache,
+    )
+    return 0
+
+
+def cmd_train_generator(args: argparse.Namespace) -> int:
+    from mmldm.train.generator import train_generator
+
+    if args.long and not args.resume:
+        args.overrides = [*args.overrides, "dit.long=true"]
+    args.vae = args.cache = None
+    args.data = args.latents
+    cfg, run, latents, _ = _training_setup(args)
+    path = train_generator(cfg, latents, run, resume=bool(args.resume), max_steps=args.max_steps)
+    log.info("done: %s", path)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from mmldm.data.clips import frames_to_tensor_layout
+    from mmldm.data.dataset import decode_frames
+    from mmldm.data.media import read_audio
+    from mmldm.pipeline import MMLDMPipeline
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    pipe = MMLDMPipeline.from_pretrained(
+        args.generator,
+        args.autoencoder,
+        device=args.device,
+        dtype=dtype[args.dtype],
+        vocoder=args.vocoder,
+    )
+    data = pipe.cfg.data
+    audio = video = None
+    if args.audio:
+        audio = torch.from_numpy(
+            read_audio(args.audio, data.sample_rate, start=args.start, duration=data.clip_seconds)
+        )
+    if args.video:
+        frames = decode_frames(Path(args.video), data, args.start, data.clip_seconds)
+        video = torch.from_numpy(frames_to_tensor_layout(frames))
+    batch = args.batch_size or pipe.cfg.sample.batch_size
+    records = []
+    for first in range(0, args.num, batch):
+        n = min(batch, args.num - first)
+        gen = pipe.generate(
+            args.task,
+            n,
+            seed=args.seed + first,
+            audio=audio,
+            video=video,
+            clips=args.clips,
+            labels=args.label,
+            steps=args.steps,
+            sampler=args.sampler,
+            guidance_audio=args.guidance_audio,
+            guidance_video=args.guidance_video,
+        )
+        records += pipe.save(gen, args.out, start=first)
+    import json
+
+    given = {"audio": args.audio, "video": args.video, "start": args.start}
+    (Path(args.out) / f"{args.task}.json").write_text(
+        json.dumps(
+            {
+                "generator": args.generator,
+                "autoencoder": args.autoencoder,
+                "condition": given,
+                "samples": records,
+            },
+            indent=2,
+        )
+    )
+    log.info("wrote %d %s samples to %s", len(records), args.task, args.out)
     return 0
 
 
@@ -416,6 +519,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocoder", help="HiFi-GAN folder (default vocoder.path of the checkpoint)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0)
+    _common(p)
+
+    p = _subparser(
+        subparsers,
+        "cache-latents",
+        "encode a dataset once with the frozen autoencoder into latent shards (+ statistics)",
+        "mmldm cache-latents --autoencoder runs/ae --data data/landscape --out latents/landscape"
+        "\n  torchrun --nproc_per_node 4 -m mmldm cache-latents ...   # sharded across processes",
+        cmd_cache_latents,
+    )
+    p.add_argument("--autoencoder", required=True, help="autoencoder run or checkpoint")
+    p.add_argument("--data", required=True, help="data folder or manifest")
+    p.add_argument("--out", required=True, help="latent cache folder (resumable)")
+    p.add_argument("--cache", help="decode cache folder (see mmldm preprocess)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--shard-size", type=int, default=256, help="clips per shard file")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    _common(p)
+
+    p = _subparser(
+        subparsers,
+        "train-generator",
+        "stage 2: train the multi-modal DiT on cached latents (accelerate, bf16 on GPU, EMA)",
+        "mmldm train-generator --config paper_landscape --latents latents/landscape --out "
+        "runs/gen\n  mmldm train-generator --config paper_landscape --latents latents/landscape "
+        "--out runs/gen_long --long",
+        cmd_train_generator,
+    )
+    p.add_argument("--latents", help="latent cache folder (from cache-latents)")
+    p.add_argument(
+        "--long", action="store_true", help="train the long / continuation branch (dit.long=true)"
+    )
+    _training_options(p, "generator")
+
+    p = _subparser(
+        subparsers,
+        "sample",
+        "generate sounding videos: svg, a2v, v2a, audio, video, long, audio/video-continuation",
+        "mmldm sample --generator runs/gen --autoencoder runs/ae --task svg --num 8 --out out/\n"
+        "  mmldm sample --generator runs/gen --autoencoder runs/ae --task a2v --audio song.wav "
+        "--num 4 --out out/a2v",
+        cmd_sample,
+    )
+    p.add_argument("--generator", required=True, help="generator run or checkpoint")
+    p.add_argument("--autoencoder", required=True, help="the autoencoder it was trained on")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--num", type=int, default=4, help="number of samples")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--audio", help="a2v / audio-continuation: wav or any video with sound")
+    p.add_argument("--video", help="v2a / video-continuation: a video file")
+    p.add_argument("--start", type=float, default=0.0, help="where the given clip starts (s)")
+    p.add_argument("--clips", type=int, help="clips of long / continuation outputs")
+    p.add_argument("--label", type=int, nargs="+", help="class(es) (class-conditional models)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="sampling steps (default sample.steps)")
+    p.add_argument("--sampler", choices=["ddim", "dpm"], help="default sample.sampler")
+    p.add_argument("--guidance-audio", type=float, help="eq. 9 scale for generated audio")
+    p.add_argument("--guidance-video", type=float, help="eq. 9 scale for generated video")
+    p.add_argument("--batch-size", type=int, help="samples per batch (default sample.batch_size)")
+    p.add_argument("--vocoder", help="HiFi-GAN folder (default vocoder.path)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     _common(p)
 
     p = _subparser(

@@ -224,10 +224,21 @@ class DiscriminatorConfig:
             raise ConfigError("config key 'discriminator.channel_mults' must not be empty")
 
 
+# Named DiT sizes: (width, depth, heads). S / B / L match the parameter counts of the paper's
+# Table 4 (131M, 384M, 1543M) within 5%; XL is the published configs' DiT-XL/1.
+DIT_SIZES = {
+    "S": (768, 12, 12),
+    "B": (1024, 20, 16),
+    "L": (1536, 36, 24),
+    "XL": (1152, 28, 16),
+}
+
+
 @dataclass
 class DiTConfig:
     """Stage 2: the multi-modal DiT (DESIGN.md section 5). Published size: DiT-XL/1."""
 
+    size: str | None = None  # S | B | L | XL: sets hidden_size, depth and num_heads
     hidden_size: int = 1152
     depth: int = 28
     num_heads: int = 16
@@ -245,6 +256,9 @@ class DiTConfig:
     prev_audio_drop_prob: float = 0.2
 
     def __post_init__(self) -> None:
+        if self.size is not None:
+            _choice(self.size, tuple(DIT_SIZES), "dit.size")
+            self.hidden_size, self.depth, self.num_heads = DIT_SIZES[self.size]
         _positive(self, "dit", "hidden_size", "depth", "num_heads", "mlp_ratio", "patch_size")
         _probability(self, "dit", "context_drop_prob", "a2v_prob", "v2a_prob", "class_drop_prob")
         _probability(self, "dit", "prev_video_drop_prob", "prev_audio_drop_prob")
@@ -333,6 +347,10 @@ class TrainConfig:
             raise ConfigError("config key 'train.keep_last' must be >= 0")
         for stage in ("vae", "autoencoder", "generator"):
             getattr(self, stage)._validate(f"train.{stage}")
+
+
+# Generation tasks of `mmldm sample` / MMLDMPipeline.generate.
+TASKS = ("svg", "a2v", "v2a", "audio", "video", "long", "audio-continuation", "video-continuation")
 
 
 @dataclass

@@ -61,6 +61,29 @@ def encode_clips(
     return enc.z_a, enc.z_v
 
 
+@torch.no_grad()
+def encode_audio(model: MultiModalAutoencoder, vae, audio: torch.Tensor) -> torch.Tensor:
+    """Audio ``[B, N]`` -> z_a (posterior mean), without any video."""
+    from mmldm.audio.mel import mel_spectrogram, mel_to_audio_image
+    from mmldm.models.vae import encode
+
+    cfg = model.cfg
+    mel = mel_spectrogram(audio.float(), MelSettings.from_config(cfg.data))
+    image = mel_to_audio_image(mel, cfg.data.resolution)
+    latent = encode(vae, image.to(next(vae.parameters()).dtype))
+    return model.audio_encoder(latent).mean
+
+
+@torch.no_grad()
+def encode_video(model: MultiModalAutoencoder, vae, video: torch.Tensor) -> torch.Tensor:
+    """Frames ``[B, F, 3, S, S]`` in [-1, 1] -> z_v (posterior mean), without any audio."""
+    from mmldm.models.vae import encode
+
+    key = video[:, model.cfg.autoencoder.key_frames]  # [B, K, 3, S, S]
+    latents = encode(vae, key.flatten(0, 1).to(next(vae.parameters()).dtype))
+    return model.video_encoder(latents.unflatten(0, key.shape[:2])).mean
+
+
 @dataclass
 class DecodedClips:
     frames: torch.Tensor  # [B, F, 3, S, S] in [-1, 1]

@@ -193,6 +193,13 @@ def decode_span(
     return frames, media.audio
 
 
+def decode_frames(path: Path, data: DataConfig, start: float, duration: float) -> np.ndarray:
+    """Frames only (the file may have no audio): ``uint8 [round(duration * fps), S, S, 3]``."""
+    media = read_media(path, start=start, duration=duration, audio=False, grid_fps=data.fps)
+    assert media.frames is not None
+    return resize_frames(media.frames, data.resolution, data.resize)
+
+
 def cache_key(path: Path, data: DataConfig, extent: tuple[float, float]) -> str:
     """Changes whenever the source file, its used extent or a setting that shapes the decoded
     arrays changes."""

@@ -150,8 +150,9 @@ def save_training_checkpoint(
     cfg: Config,
     kind: str,
     step: int,
-    modules: Mapping[str, nn.Module],
+    modules: Mapping[str, nn.Module | Mapping[str, torch.Tensor]],
     optimizers: Mapping[str, torch.optim.Optimizer],
+    extra_metadata: Mapping[str, str] | None = None,
 ) -> Path | None:
     """Gather every process's RNG state and write one checkpoint from the main process."""
     rng = gather_object([capture_rng_state()])  # one state per process, in rank order
@@ -159,7 +160,10 @@ def save_training_checkpoint(
     if accelerator.is_main_process:
         path = save_checkpoint(
             run / "checkpoints",
-            modules={k: accelerator.unwrap_model(m) for k, m in modules.items()},
+            modules={
+                k: accelerator.unwrap_model(m) if isinstance(m, nn.Module) else m
+                for k, m in modules.items()
+            },
             config=cfg,
             kind=kind,
             step=step,
@@ -169,6 +173,7 @@ def save_training_checkpoint(
                 "world_size": accelerator.num_processes,
             },
             keep_last=cfg.train.keep_last,
+            extra_metadata=extra_metadata,
         )
     accelerator.wait_for_everyone()
     return path

@@ -1,0 +1,260 @@
+"""Stage 2: the multi-modal DiT (paper sec. 3.2-3.3, DESIGN.md section 5).
+
+Token sequence (patch size 1 in the paper)::
+
+    [context (optional) | previous clip (long)
+     | EOS_a | audio tokens (z_a: 8x8 = 64) | EOS_v | video tokens (z_v: 16x16 = 256)]
+
+Each modality's tokens get fixed 2-D sin-cos positions and a learnable modality embedding. Blocks
+are DiT's adaLN-Zero blocks (LayerNorm without affine, eps 1e-6; SDPA attention; MLP ratio 4
+with tanh-GELU), conditioned on the timestep (and optionally a class). Separate zero-initialised
+final layers predict eps for audio and for video.
+
+Conditional generation (sec. 3.3): the clean latent of the given modality enters through a
+zero-initialised linear added to that modality's input tokens (zeros = unconditional).
+
+Long generation / continuation: a second branch of half depth reads [previous clip's latents |
+current noisy tokens] and adds its block outputs into the main blocks through zero-initialised
+linears; the previous latents also enter the main sequence as context tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from mmldm.config import Config
+from mmldm.models.blocks import sinusoidal_embedding
+
+
+def sincos_2d(dim: int, height: int, width: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos positions ``[height * width, dim]`` (MAE / DiT), rows first."""
+    ys, xs = np.meshgrid(
+        np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij"
+    )
+
+    def one_axis(pos: np.ndarray, d: int) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2))
+        out = pos.reshape(-1)[:, None] * omega[None]
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    emb = np.concatenate([one_axis(ys, dim // 2), one_axis(xs, dim // 2)], axis=1)
+    return torch.from_numpy(emb).float()
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)
+        return self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b h l d -> b l (h d)"))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero transformer block: ``[B, L, D]`` conditioned on ``c [B, D]``."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+        )
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(c).chunk(6, dim=-1)
+        x = x + g1[:, None] * self.attn(modulate(self.norm1(x), sh1, sc1))
+        return x + g2[:, None] * self.mlp(modulate(self.norm2(x), sh2, sc2))
+
+
+class FinalLayer(nn.Module):
+    """adaLN + linear to patch values: ``[B, L, D] -> [B, L, p*p*C]``."""
+
+    def __init__(self, dim: int, out: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = nn.Linear(dim, out)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.ada(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class ModalityTokens(nn.Module):
+    """Latent ``[B, C, H, W]`` <-> tokens ``[B, H*W/p^2, D]`` with positions and a modality
+    embedding; also the zero-initialised embedding of a conditioning latent."""
+
+    def __init__(self, channels: int, size: int, patch: int, dim: int) -> None:
+        super().__init__()
+        self.patch, self.size, self.channels = patch, size, channels
+        grid = size // patch
+        self.embed = nn.Linear(channels * patch * patch, dim)
+        self.cond = nn.Linear(channels * patch * patch, dim)  # zero-initialised (sec. 3.3)
+        self.register_buffer("pos", sincos_2d(dim, grid, grid)[None], persistent=False)
+        self.modality = nn.Parameter(torch.zeros(1, 1, dim))
+
+    def patchify(self, z: torch.Tensor) -> torch.Tensor:
+        p = self.patch
+        return rearrange(z, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
+
+    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        p, g = self.patch, self.size // self.patch
+        return rearrange(tokens, "b (h w) (p q c) -> b c (h p) (w q)", h=g, w=g, p=p, q=p)
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embed(self.patchify(z)) + self.pos + self.modality
+        if cond is not None:
+            x = x + self.cond(self.patchify(cond))
+        return x
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.size // self.patch) ** 2
+
+
+@dataclass
+class DiTInputs:
+    """One call of the DiT. Conditions and previous latents are zeros where absent."""
+
+    z_a: torch.Tensor  # [B, C, Ha, Wa] noisy audio latent
+    z_v: torch.Tensor  # [B, C, Hv, Wv] noisy video latent
+    t: torch.Tensor  # [B] integer timesteps
+    cond_a: torch.Tensor | None = None  # [B, C, Ha, Wa] clean audio latent (a2v), or zeros
+    cond_v: torch.Tensor | None = None  # [B, C, Hv, Wv] clean video latent (v2a), or zeros
+    labels: torch.Tensor | None = None  # [B] class (class_conditional), num_classes = null
+    prev_a: torch.Tensor | None = None  # [B, C, Ha, Wa] previous clip (long), zeros = dropped
+    prev_v: torch.Tensor | None = None  # [B, C, Hv, Wv]
+
+
+class MultiModalDiT(nn.Module):
+    """eps-prediction for (z_a, z_v) jointly: ``DiTInputs -> (eps_a, eps_v)``."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        d = cfg.dit
+        self.cfg = cfg
+        c_a, s_a, _ = cfg.audio_latent_shape
+        c_v, s_v, _ = cfg.video_latent_shape
+        dim = d.hidden_size
+        self.audio = ModalityTokens(c_a, s_a, d.patch_size, dim)
+        self.video = ModalityTokens(c_v, s_v, d.patch_size, dim)
+        self.eos_a = nn.Parameter(torch.zeros(1, 1, dim))
+        self.eos_v = nn.Parameter(torch.zeros(1, 1, dim))
+        self.context = nn.Parameter(torch.zeros(1, d.num_context_tokens, dim))
+        self.t_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.num_classes = cfg.data.num_classes if d.class_conditional else 0
+        # one extra row: the null class that class dropout (and unconditional sampling) uses
+        self.y_embed = nn.Embedding(self.num_classes + 1, dim) if self.num_classes else None
+        self.blocks = nn.ModuleList(DiTBlock(dim, d.num_heads, d.mlp_ratio) for _ in range(d.depth))
+        self.final_a = FinalLayer(dim, c_a * d.patch_size**2)
+        self.final_v = FinalLayer(dim, c_v * d.patch_size**2)
+        self.long = d.long
+        if d.long:
+            depth = d.long_depth or max(1, d.depth // 2)
+            self.prev_audio = ModalityTokens(c_a, s_a, d.patch_size, dim)
+            self.prev_video = ModalityTokens(c_v, s_v, d.patch_size, dim)
+            self.branch = nn.ModuleList(
+                DiTBlock(dim, d.num_heads, d.mlp_ratio) for _ in range(depth)
+            )
+            self.branch_out = nn.ModuleList(nn.Linear(dim, dim) for _ in range(depth))
+            self.stride = max(1, d.depth // depth)  # branch block j feeds main block j*stride
+        self.initialize_weights()
+
+    # -- initialisation, all in one place (DiT's scheme) --------------------------------------
+
+    def initialize_weights(self) -> None:
+        def basic(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+        self.apply(basic)
+        for tokens in self._token_modules():
+            w = tokens.embed.weight
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+            nn.init.normal_(tokens.modality, std=0.02)
+            nn.init.zeros_(tokens.cond.weight)  # conditions start as a no-op (sec. 3.3)
+            nn.init.zeros_(tokens.cond.bias)
+        for p in (self.eos_a, self.eos_v, self.context):
+            nn.init.normal_(p, std=0.02)
+        nn.init.normal_(self.t_embed[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed[2].weight, std=0.02)
+        if self.y_embed is not None:
+            nn.init.normal_(self.y_embed.weight, std=0.02)
+        for block in [*self.blocks, *(self.branch if self.long else [])]:
+            nn.init.zeros_(block.ada[-1].weight)  # adaLN-Zero: every block starts as identity
+            nn.init.zeros_(block.ada[-1].bias)
+        for final in (self.final_a, self.final_v):
+            nn.init.zeros_(final.ada[-1].weight)
+            nn.init.zeros_(final.ada[-1].bias)
+            nn.init.zeros_(final.linear.weight)
+            nn.init.zeros_(final.linear.bias)
+        if self.long:
+            for layer in self.branch_out:  # the branch starts as a no-op on the main DiT
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def _token_modules(self) -> list[ModalityTokens]:
+        mods = [self.audio, self.video]
+        return [*mods, self.prev_audio, self.prev_video] if self.long else mods
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def condition(self, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        c = self.t_embed(sinusoidal_embedding(t, 256).to(self.eos_a.dtype))
+        if self.y_embed is not None:
+            if labels is None:
+                labels = torch.full_like(t, self.num_classes)  # the null class
+            c = c + self.y_embed(labels.clamp(min=0, max=self.num_classes))
+        return c
+
+    def forward(self, inp: DiTInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        b = len(inp.z_a)
+        c = self.condition(inp.t, inp.labels)
+        audio = self.audio(inp.z_a, inp.cond_a)  # [B, La, D]
+        video = self.video(inp.z_v, inp.cond_v)  # [B, Lv, D]
+        current = torch.cat(
+            [self.eos_a.expand(b, -1, -1), audio, self.eos_v.expand(b, -1, -1), video], dim=1
+        )
+        prefix = [self.context.expand(b, -1, -1)]
+        branch_feats: list[torch.Tensor] = []
+        if self.long:
+            prev_a = inp.prev_a if inp.prev_a is not None else torch.zeros_like(inp.z_a)
+            prev_v = inp.prev_v if inp.prev_v is not None else torch.zeros_like(inp.z_v)
+            prev = torch.cat([self.prev_audio(prev_a), self.prev_video(prev_v)], dim=1)
+            prefix.append(prev)  # the previous clip as context tokens of the main sequence
+            h = torch.cat([prev, current], dim=1)  # the branch reads [previous | current]
+            for block, out in zip(self.branch, self.branch_out, strict=True):
+                h = block(h, c)
+                branch_feats.append(out(h[:, prev.shape[1] :]))
+        n_prefix = sum(p.shape[1] for p in prefix)
+        x = torch.cat([*prefix, current], dim=1)
+        for i, block in enumerate(self.blocks):
+            if branch_feats and i % self.stride == 0 and i // self.stride < len(branch_feats):
+                x = torch.cat(
+                    [x[:, :n_prefix], x[:, n_prefix:] + branch_feats[i // self.stride]], dim=1
+                )
+            x = block(x, c)
+        x = x[:, n_prefix:]
+        la = self.audio.num_tokens
+        tok_a, tok_v = x[:, 1 : 1 + la], x[:, 2 + la :]  # skip EOS_a and EOS_v
+        eps_a = self.audio.unpatchify(self.final_a(tok_a, c))
+        eps_v = self.video.unpatchify(self.final_v(tok_v, c))
+        return eps_a, eps_v

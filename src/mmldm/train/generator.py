@@ -1,0 +1,198 @@
+"""Stage 2 training: the multi-modal DiT on cached latents (paper sec. 3.2-3.3, eq. 8).
+
+One timestep is shared by both modalities; loss = MSE(eps_a) + MSE(eps_v). The conditional tasks
+are learned by the same model: per sample, 5% audio-to-video (clean z_a given), 5% video-to-audio
+(clean z_v given), exclusive; otherwise the conditions are zeros. With ``dit.long`` the previous
+clip's latents are given, with the previous video dropped for 20% of the samples and the previous
+audio for another 20%, so that one model continues audio, video, or both.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmldm.config import Config
+from mmldm.console import progress
+from mmldm.data.latents import LatentCacheError, LatentDataset
+from mmldm.diffusion.schedule import add_noise, alphas_cumprod
+from mmldm.models.dit import DiTInputs, MultiModalDiT
+from mmldm.run import RunLogger
+from mmldm.train.common import (
+    EpochSampler,
+    Throughput,
+    batches,
+    ema_update,
+    finite_or_raise,
+    lr_at,
+    make_accelerator,
+    make_optimizer,
+    resume_training,
+    save_training_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+def generator_loss(
+    model: nn.Module, batch: dict, cfg: Config, abar: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """eq. 8 with the task mixing of sec. 3.3 (and the previous-clip drops of long training).
+
+    Args:
+        batch: normalised latents ``z_a [B, C, ...]``, ``z_v``, ``label [B]``, and for long
+            training ``prev_a``, ``prev_v``, ``has_prev [B]``.
+    """
+    d = cfg.dit
+    z_a, z_v = batch["z_a"], batch["z_v"]
+    b, device = len(z_a), z_a.device
+    t = torch.randint(0, len(abar), (b,), device=device)  # shared by both modalities
+    n_a, n_v = torch.randn_like(z_a), torch.randn_like(z_v)
+    u = torch.rand(b, device=device)
+    a2v = (u < d.a2v_prob).to(z_a.dtype)
+    v2a = ((u >= d.a2v_prob) & (u < d.a2v_prob + d.v2a_prob)).to(z_a.dtype)
+    inputs = DiTInputs(
+        z_a=add_noise(z_a, n_a, t, abar),
+        z_v=add_noise(z_v, n_v, t, abar),
+        t=t,
+        cond_a=z_a * a2v.view(-1, 1, 1, 1),
+        cond_v=z_v * v2a.view(-1, 1, 1, 1),
+    )
+    if d.class_conditional:
+        null = torch.full_like(batch["label"], cfg.data.num_classes)
+        drop = (torch.rand(b, device=device) < d.class_drop_prob) | (batch["label"] < 0)
+        inputs.labels = torch.where(drop, null, batch["label"])
+    if d.long:
+        has = batch["has_prev"].to(z_a.dtype)
+        w = torch.rand(b, device=device)
+        keep_v = has * (w >= d.prev_video_drop_prob).to(z_a.dtype)
+        keep_a = has * (
+            (w < d.prev_video_drop_prob) | (w >= d.prev_video_drop_prob + d.prev_audio_drop_prob)
+        ).to(z_a.dtype)
+        inputs.prev_a = batch["prev_a"] * keep_a.view(-1, 1, 1, 1)
+        inputs.prev_v = batch["prev_v"] * keep_v.view(-1, 1, 1, 1)
+    eps_a, eps_v = model(inputs)
+    mse_a, mse_v = F.mse_loss(eps_a.float(), n_a.float()), F.mse_loss(eps_v.float(), n_v.float())
+    loss = mse_a + mse_v
+    return loss, {"loss": loss.item(), "loss_audio": mse_a.item(), "loss_video": mse_v.item()}
+
+
+def check_latents_match(cfg: Config, dataset: LatentDataset) -> None:
+    meta = dataset.meta
+    if list(cfg.audio_latent_shape) != meta["z_a_shape"] or (
+        list(cfg.video_latent_shape) != meta["z_v_shape"]
+    ):
+        raise LatentCacheError(
+            f"{dataset.root}: latents are z_a {meta['z_a_shape']}, z_v {meta['z_v_shape']}; the "
+            f"config expects {list(cfg.audio_latent_shape)}, {list(cfg.video_latent_shape)}: "
+            "use the autoencoder's config (autoencoder and data sections) for the generator"
+        )
+
+
+def train_generator(
+    cfg: Config,
+    latents: str | Path,
+    run: str | Path,
+    *,
+    resume: bool = False,
+    max_steps: int | None = None,
+) -> Path:
+    """Train the DiT on a latent cache into ``run``; returns the last checkpoint's folder."""
+    run = Path(run)
+    stage = cfg.train.generator
+    total = max_steps or stage.max_steps
+    accelerator = make_accelerator(cfg, stage)
+    device = accelerator.device
+    dataset = LatentDataset(latents)
+    check_latents_match(cfg, dataset)
+    if cfg.dit.long and not any(p >= 0 for p in dataset.prev):
+        raise LatentCacheError(
+            f"{latents}: no clip has a cached predecessor; long training needs consecutive "
+            "clips (data.clip_stride = data.num_frames and videos longer than one clip)"
+        )
+    model = MultiModalDiT(cfg)
+    ema = copy.deepcopy(model).requires_grad_(False) if stage.ema_decay > 0 else None
+    opt = make_optimizer(model.parameters(), stage)
+    model, opt = accelerator.prepare(model, opt)
+    if ema is not None:
+        ema.to(device)
+    modules: dict = {"dit": model, "latent_stats": dataset.stats.state_dict()}
+    if ema is not None:
+        modules["ema"] = ema
+    optimizers = {"dit": opt}
+    metadata = {
+        "mmldm.autoencoder": dataset.meta["autoencoder"],
+        "mmldm.autoencoder_fingerprint": dataset.meta["autoencoder_fingerprint"],
+    }
+    step = 0
+    if resume:
+        step = resume_training(
+            accelerator,
+            run,
+            "generator",
+            {k: m for k, m in modules.items() if isinstance(m, nn.Module)},
+            optimizers,
+        )
+    abar = alphas_cumprod(cfg.diffusion).to(device)
+    sampler = EpochSampler(
+        len(dataset),
+        cfg.train.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
+        stage.batch_size,
+    )
+    stream = batches(dataset, sampler, stage.batch_size, 0, step)
+    logger = RunLogger(
+        run, cfg, resume_step=step if resume else None, main_process=accelerator.is_main_process
+    )
+    clock = Throughput(step, total)
+    bar = progress(total=total, initial=step, desc="generator")
+    last = None
+    while step < total:
+        batch = {k: v.to(device) for k, v in next(stream).items()}
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, stage)
+        with accelerator.accumulate(model), accelerator.autocast():
+            loss, logs = generator_loss(model, batch, cfg, abar)
+            finite_or_raise(loss, step)
+            accelerator.backward(loss)
+            if stage.grad_clip and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), stage.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if ema is not None and accelerator.sync_gradients:
+            ema_update(ema, accelerator.unwrap_model(model), stage.ema_decay)
+        step += 1
+        bar.update(1)
+        if step % cfg.train.log_every == 0 or step == total:
+            logs["lr"] = opt.param_groups[0]["lr"]
+            logger.log(step, logs)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", left=clock.eta(step))
+            if bar.disable:
+                log.info(
+                    "generator step %d/%d loss %.4f (%s left)",
+                    step,
+                    total,
+                    logs["loss"],
+                    clock.eta(step),
+                )
+        if step % cfg.train.checkpoint_every == 0 or step == total:
+            last = save_training_checkpoint(
+                accelerator,
+                run,
+                cfg,
+                "generator",
+                step,
+                modules,
+                optimizers,
+                extra_metadata=metadata,
+            )
+    bar.close()
+    logger.close()
+    accelerator.end_training()
+    return last if last is not None else run
