@@ -16,6 +16,9 @@ SUBCOMMANDS = [
     "train-vae",
     "train-autoencoder",
     "reconstruct",
+    "cache-latents",
+    "train-generator",
+    "sample",
     "evaluate",
 ]
 

@@ -343,6 +343,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from mmldm.data.media import read_audio
     from mmldm.pipeline import MMLDMPipeline
 
+    need = {
+        "a2v": "audio",
+        "audio-continuation": "audio",
+        "v2a": "video",
+        "video-continuation": "video",
+    }.get(args.task)
+    if need and not getattr(args, need):
+        raise SystemExit(f"mmldm sample: --task {args.task} needs --{need} FILE")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     pipe = MMLDMPipeline.from_pretrained(
         args.generator,

@@ -106,7 +106,9 @@ class ModalityTokens(nn.Module):
         self.patch, self.size, self.channels = patch, size, channels
         grid = size // patch
         self.embed = nn.Linear(channels * patch * patch, dim)
-        self.cond = nn.Linear(channels * patch * patch, dim)  # zero-initialised (sec. 3.3)
+        # zero-initialised (sec. 3.3) and without bias, so that a zero condition adds exactly
+        # nothing: the unconditional model is the conditional one with zeros
+        self.cond = nn.Linear(channels * patch * patch, dim, bias=False)
         self.register_buffer("pos", sincos_2d(dim, grid, grid)[None], persistent=False)
         self.modality = nn.Parameter(torch.zeros(1, 1, dim))
 
@@ -183,7 +185,8 @@ class MultiModalDiT(nn.Module):
         def basic(module: nn.Module) -> None:
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
         self.apply(basic)
         for tokens in self._token_modules():
@@ -191,7 +194,6 @@ class MultiModalDiT(nn.Module):
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
             nn.init.normal_(tokens.modality, std=0.02)
             nn.init.zeros_(tokens.cond.weight)  # conditions start as a no-op (sec. 3.3)
-            nn.init.zeros_(tokens.cond.bias)
         for p in (self.eos_a, self.eos_v, self.context):
             nn.init.normal_(p, std=0.02)
         nn.init.normal_(self.t_embed[0].weight, std=0.02)

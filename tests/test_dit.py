@@ -1,0 +1,125 @@
+"""The multi-modal DiT: sizes of the paper, zero-initialised conditions, a falling loss."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from mmldm.config import load_config
+from mmldm.diffusion.schedule import alphas_cumprod
+from mmldm.models.dit import DiTInputs, MultiModalDiT, sincos_2d
+from mmldm.train.generator import generator_loss
+
+
+@pytest.mark.parametrize(("size", "millions"), [("S", 131), ("B", 384), ("L", 1543)])
+def test_named_sizes_match_table_4(size, millions):
+    cfg = load_config("paper_landscape", [f"dit.size={size}"])
+    with torch.device("meta"):
+        count = sum(p.numel() for p in MultiModalDiT(cfg).parameters())
+    assert abs(count / 1e6 - millions) / millions < 0.05
+
+
+def test_xl_is_the_published_size():
+    cfg = load_config("paper_landscape", ["dit.size=XL"])
+    assert (cfg.dit.hidden_size, cfg.dit.depth, cfg.dit.num_heads) == (1152, 28, 16)
+
+
+def test_sequence_layout_and_outputs():
+    cfg = load_config("tiny", ["dit.num_context_tokens=3"])
+    model = MultiModalDiT(cfg)
+    z_a, z_v = torch.randn(2, *cfg.audio_latent_shape), torch.randn(2, *cfg.video_latent_shape)
+    assert model.audio.num_tokens == 16 and model.video.num_tokens == 64  # 4x4, 8x8 (tiny)
+    eps_a, eps_v = model(DiTInputs(z_a, z_v, torch.tensor([3, 900])))
+    assert eps_a.shape == z_a.shape and eps_v.shape == z_v.shape
+    assert torch.equal(eps_a, torch.zeros_like(eps_a))  # zero-initialised final layers
+    pos = sincos_2d(32, 4, 4)
+    assert pos.shape == (16, 32) and torch.allclose(pos[0, :8], torch.zeros(8))  # sin(0) = 0
+
+
+def _trained_a_bit(cfg, steps=3):
+    torch.manual_seed(0)
+    model = MultiModalDiT(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    abar = alphas_cumprod(cfg.diffusion)
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "z_a": torch.randn(8, *cfg.audio_latent_shape, generator=g),
+        "z_v": torch.randn(8, *cfg.video_latent_shape, generator=g),
+        "label": torch.arange(8) % 3,
+    }
+    batch.update(
+        prev_a=batch["z_a"].roll(1, 0),
+        prev_v=batch["z_v"].roll(1, 0),
+        has_prev=torch.ones(8, dtype=torch.bool),
+    )
+    for _ in range(steps):
+        loss, _ = generator_loss(model, batch, cfg, abar)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def test_condition_is_used_and_zero_condition_is_unconditional():
+    cfg = load_config("tiny", ["dit.a2v_prob=0.5", "dit.v2a_prob=0.5"])
+    model = _trained_a_bit(cfg).eval()
+    assert model.audio.cond.weight.abs().sum() > 0  # trained away from its zero start
+    g = torch.Generator().manual_seed(1)
+    z_a, z_v = (
+        torch.randn(2, *cfg.audio_latent_shape, generator=g),
+        torch.randn(2, *cfg.video_latent_shape, generator=g),
+    )
+    t = torch.tensor([400, 400])
+    given, other = torch.randn_like(z_a, generator=g), torch.randn_like(z_a, generator=g)
+    with torch.no_grad():
+        _, v1 = model(DiTInputs(z_a, z_v, t, cond_a=given))
+        _, v2 = model(DiTInputs(z_a, z_v, t, cond_a=other))
+        _, v0 = model(DiTInputs(z_a, z_v, t, cond_a=torch.zeros_like(given)))
+        _, vu = model(DiTInputs(z_a, z_v, t))
+    assert (v1 - v2).abs().max() > 1e-4  # a2v: the prediction follows the given audio
+    assert torch.equal(v0, vu)  # zeros are exactly the unconditional model
+
+
+def test_loss_falls_on_a_fixed_batch():
+    cfg = load_config("tiny", ["dit.long=true", "dit.class_conditional=true"])
+    torch.manual_seed(0)
+    model = MultiModalDiT(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    abar = alphas_cumprod(cfg.diffusion)
+    g = torch.Generator().manual_seed(0)
+    z_a = torch.randn(4, *cfg.audio_latent_shape, generator=g) * 0.1 + 1.0
+    z_v = torch.randn(4, *cfg.video_latent_shape, generator=g) * 0.1 - 1.0
+    batch = {
+        "z_a": z_a,
+        "z_v": z_v,
+        "label": torch.tensor([0, 1, 2, 0]),
+        "prev_a": z_a.roll(1, 0),
+        "prev_v": z_v.roll(1, 0),
+        "has_prev": torch.tensor([True, True, False, True]),
+    }
+    losses = []
+    for step in range(60):
+        torch.manual_seed(step % 5)
+        loss, logs = generator_loss(model, batch, cfg, abar)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(logs["loss"])
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5]), (losses[:5], losses[-5:])
+
+
+def test_long_branch_reads_the_previous_clip():
+    cfg = load_config("tiny", ["dit.long=true"])
+    model = _trained_a_bit(dataclasses.replace(cfg))
+    for layer in model.branch_out:  # as after training: the branch reaches the main DiT
+        torch.nn.init.normal_(layer.weight, std=0.1)
+    z_a, z_v = torch.randn(1, *cfg.audio_latent_shape), torch.randn(1, *cfg.video_latent_shape)
+    t = torch.tensor([500])
+    with torch.no_grad():
+        a1, v1 = model(
+            DiTInputs(z_a, z_v, t, prev_a=torch.ones_like(z_a), prev_v=torch.ones_like(z_v))
+        )
+        a2, v2 = model(
+            DiTInputs(z_a, z_v, t, prev_a=-torch.ones_like(z_a), prev_v=-torch.ones_like(z_v))
+        )
+    assert (v1 - v2).abs().max() > 1e-4 and (a1 - a2).abs().max() > 1e-4

@@ -1,0 +1,259 @@
+"""Stage 2 end to end on synthetic data: latent cache, generator training, every task."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mmldm.checkpoint import CheckpointError, load_checkpoint
+from mmldm.cli import main
+from mmldm.config import load_config
+from mmldm.data.latents import LatentCacheError, LatentDataset, shard_name
+from mmldm.data.media import probe, read_media
+from mmldm.data.synthetic import synthesize_dataset
+from mmldm.pipeline import MMLDMPipeline
+
+TINY = ["--config", "tiny", "-q"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    synth = root / "synth"
+    synthesize_dataset(synth, 6, seed=1, data=load_config("tiny").data)  # 0.8 s: 2 clips each
+    ae = root / "ae"
+    assert (
+        main(
+            [
+                "train-autoencoder",
+                "--data",
+                str(synth),
+                "--out",
+                str(ae),
+                "--max-steps",
+                "1",
+                "--set",
+                "train.sample_every=100",
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    latents = root / "latents"
+    assert (
+        main(
+            [
+                "cache-latents",
+                "--autoencoder",
+                str(ae),
+                "--data",
+                str(synth),
+                "--out",
+                str(latents),
+                "--shard-size",
+                "5",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    gen = root / "gen"
+    assert (
+        main(
+            [
+                "train-generator",
+                "--latents",
+                str(latents),
+                "--out",
+                str(gen),
+                "--long",
+                "--max-steps",
+                "2",
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    return {"synth": synth, "ae": ae, "latents": latents, "gen": gen, "root": root}
+
+
+def test_latent_cache_contents(trained):
+    ds = LatentDataset(trained["latents"])
+    cfg = load_config("tiny")
+    assert len(ds) == 12 and ds.z_a.shape[1:] == cfg.audio_latent_shape
+    # normalised to zero mean and unit variance per channel (DESIGN.md 8.3)
+    for z in (ds.z_a, ds.z_v):
+        assert torch.allclose(z.mean(dim=(0, 2, 3)), torch.zeros(z.shape[1]), atol=1e-4)
+        assert torch.allclose(
+            z.std(dim=(0, 2, 3), unbiased=False), torch.ones(z.shape[1]), atol=1e-3
+        )
+    assert sum(p >= 0 for p in ds.prev) == 6  # every second clip follows its predecessor
+    item = ds[next(i for i, p in enumerate(ds.prev) if p >= 0)]
+    assert item["has_prev"] and item["prev_a"].abs().sum() > 0
+
+
+def test_latent_cache_resumes_and_refuses_other_autoencoders(trained, tmp_path):
+    latents = trained["latents"]
+    kept = {k: (latents / shard_name(k)).stat().st_mtime_ns for k in (0, 2)}
+    (latents / shard_name(1)).unlink()  # as if killed before writing shard 1
+    (latents / "stats.json").unlink()
+    assert (
+        main(
+            [
+                "cache-latents",
+                "--autoencoder",
+                str(trained["ae"]),
+                "--data",
+                str(trained["synth"]),
+                "--out",
+                str(latents),
+                "--shard-size",
+                "5",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert (latents / shard_name(1)).is_file() and (latents / "stats.json").is_file()
+    assert {k: (latents / shard_name(k)).stat().st_mtime_ns for k in (0, 2)} == kept
+    other = tmp_path / "other_ae"
+    assert (
+        main(
+            [
+                "train-autoencoder",
+                "--data",
+                str(trained["synth"]),
+                "--out",
+                str(other),
+                "--max-steps",
+                "1",
+                "--set",
+                "train.seed=5",
+                "--set",
+                "train.sample_every=100",
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    from mmldm.data.latents import cache_latents
+
+    with pytest.raises(LatentCacheError, match="another autoencoder"):
+        cache_latents(other, trained["synth"], latents, shard_size=5)
+    with pytest.raises(CheckpointError, match="trained on the latents of"):
+        MMLDMPipeline.from_pretrained(trained["gen"], other)
+
+
+def test_generator_checkpoint(trained):
+    ckpt = load_checkpoint(trained["gen"], kind="generator")
+    assert set(ckpt.modules) == {"dit", "ema", "latent_stats"}
+    assert ckpt.config.dit.long and ckpt.step == 2
+
+
+@pytest.fixture(scope="module")
+def pipe(trained):
+    return MMLDMPipeline.from_pretrained(trained["gen"], trained["ae"])
+
+
+def test_same_seed_same_output(pipe):
+    a = pipe.generate("svg", 2, seed=3, steps=3)
+    b = pipe.generate("svg", 2, seed=3, steps=3)
+    c = pipe.generate("svg", 2, seed=4, steps=3)
+    assert torch.equal(a.frames, b.frames) and torch.equal(a.wave, b.wave)
+    assert not torch.equal(a.frames, c.frames)
+
+
+def test_conditional_tasks_keep_the_given_modality(pipe):
+    cfg = pipe.cfg
+    n = int(round(cfg.data.clip_seconds * cfg.data.sample_rate))
+    audio = torch.sin(torch.arange(n) / 16000 * 2 * torch.pi * 440) * 0.3
+    out = pipe.generate("a2v", 2, audio=audio, steps=3)
+    assert torch.equal(out.wave, audio.expand(2, -1))
+    assert out.frames.shape == (2, cfg.data.num_frames, 3, 32, 32)
+    video = torch.rand(cfg.data.num_frames, 3, 32, 32) * 2 - 1
+    out = pipe.generate("v2a", 1, video=video, steps=3)
+    assert torch.equal(out.frames[0], video) and out.wave.shape == (1, n)
+
+
+def _check_sample_folder(folder, task, frames, seconds, has_audio=True, num=2):
+    cfg = load_config("tiny")
+    record = json.loads((folder / f"{task}.json").read_text())
+    assert len(record["samples"]) == num
+    for sample in record["samples"]:
+        path = folder / sample["file"]
+        info = probe(path)
+        assert info.num_frames == frames and info.has_audio == has_audio
+        if has_audio:
+            audio = read_media(path, sample_rate=cfg.data.sample_rate).audio
+            assert abs(len(audio) - seconds * cfg.data.sample_rate) <= 1024
+    assert list(folder.glob(f"{task}_sheet_*.png"))
+
+
+@pytest.mark.parametrize(
+    ("task", "given", "clips"),
+    [
+        ("svg", None, 1),
+        ("a2v", "audio", 1),
+        ("v2a", "video", 1),
+        ("audio", None, 1),
+        ("video", None, 1),
+        ("long", None, 3),
+        ("audio-continuation", "audio", 2),
+        ("video-continuation", "video", 2),
+    ],
+)
+def test_every_task_writes_playable_mp4s(trained, tmp_path, task, given, clips):
+    cfg = load_config("tiny")
+    source = next(trained["synth"].rglob("*.mp4"))
+    out = tmp_path / task
+    args = [
+        "sample",
+        "--generator",
+        str(trained["gen"]),
+        "--autoencoder",
+        str(trained["ae"]),
+        "--task",
+        task,
+        "--num",
+        "2",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "-q",
+    ]
+    if given:
+        args += [f"--{given}", str(source)]
+    if clips > 1:
+        args += ["--clips", str(clips)]
+    assert main(args) == 0
+    _check_sample_folder(
+        out,
+        task,
+        clips * cfg.data.num_frames,
+        clips * cfg.data.clip_seconds,
+        has_audio=task not in ("video", "video-continuation"),
+    )
+    if task == "a2v":  # the given audio is in the output (through AAC: correlated, not equal)
+        given_audio = read_media(source, sample_rate=16000, duration=0.4).audio
+        got = read_media(out / "a2v_0000.mp4", sample_rate=16000).audio[: len(given_audio)]
+        assert np.corrcoef(given_audio, got)[0, 1] > 0.9
+
+
+def test_sample_needs_its_condition(trained, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="needs --audio"):
+        main(
+            [
+                "sample",
+                "--generator",
+                str(trained["gen"]),
+                "--autoencoder",
+                str(trained["ae"]),
+                "--task",
+                "a2v",
+                "--out",
+                str(tmp_path),
+                "-q",
+            ]
+        )
