@@ -14,13 +14,20 @@ STAMP := $(VENV)/.mmldm-installed
 
 install: $(STAMP)
 
-# Debian's ffmpeg gives ffprobe, which the tests use to check written mp4 files.
+# Debian packages the tests use: ffmpeg (ffprobe checks written mp4 files) and chromium (the
+# gallery page is opened in a headless browser). Installed only when missing.
+SYSTEM_PACKAGES := ffmpeg:ffprobe chromium:chromium
+
 system-deps:
-	@command -v ffprobe >/dev/null 2>&1 || { \
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair#*:} >/dev/null 2>&1 || missing="$$missing $${pair%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian's ffmpeg (for ffprobe)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; \
-	  else echo "ffprobe is missing: sudo apt-get install ffmpeg"; exit 1; fi; }
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "mmldm needs Python >= 3.10"'
@@ -37,10 +44,7 @@ test: $(STAMP) system-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	@$(BIN)/mmldm --help
-	@echo
-	@echo "mmldm demo is not available yet: it needs the signal/data, autoencoder, generator and"
-	@echo "evaluation stages (issues 3-7). The commands listed above work now."
+	$(BIN)/mmldm demo --out runs/demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info

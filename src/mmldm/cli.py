@@ -405,6 +405,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mmldm.demo import run_demo
+
+    run_demo(args.out, args.config, args.overrides)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------------------------
 
@@ -589,6 +601,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocoder", help="HiFi-GAN folder (default vocoder.path)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    _common(p)
+
+    p = _subparser(
+        subparsers,
+        "demo",
+        "the whole pipeline on a CPU: synthetic data, every stage trained, every task sampled, "
+        "scores, DIR/index.html",
+        "mmldm demo --out runs/demo        # re-running skips the stages already done",
+        cmd_demo,
+    )
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    _config_options(p, default="demo")
     _common(p)
 
     p = _subparser(

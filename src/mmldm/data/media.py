@@ -233,7 +233,8 @@ def read_media(
         if audio:
             if not chunks:
                 raise MediaError(path, "the audio stream holds no samples")
-            samples = np.concatenate(chunks).astype(np.float32)
+            # lossy codecs overshoot full scale a little; every consumer expects [-1, 1]
+            samples = np.clip(np.concatenate(chunks), -1.0, 1.0).astype(np.float32)
             media.audio, media.audio_start = _cut_audio(
                 path, samples, audio_start or 0.0, sample_rate, start, end
             )

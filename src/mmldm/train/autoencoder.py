@@ -242,6 +242,10 @@ def train_autoencoder(
     accelerator = make_accelerator(cfg, stage)
     device = accelerator.device
     dataset = SoundingVideoDataset(data, cfg.data, cache_dir=cache_dir)
+    if cache_dir is not None:  # decode every video once, then train on arrays
+        if accelerator.is_main_process:
+            dataset.preprocess()
+        accelerator.wait_for_everyone()
     vae = load_vae(cfg.vae).to(device).eval().requires_grad_(False)
     model = MultiModalAutoencoder(cfg, cfg.train.gradient_checkpointing)
     if cfg.decoder.pretrained_unet and not resume:  # the paper starts from SD 1.x's UNet

@@ -107,6 +107,10 @@ def train_vae(
     accelerator = make_accelerator(cfg, stage)
     device = accelerator.device
     dataset = SoundingVideoDataset(data, cfg.data, cache_dir=cache_dir)
+    if cache_dir is not None:  # decode every video once, then train on arrays
+        if accelerator.is_main_process:
+            dataset.preprocess()
+        accelerator.wait_for_everyone()
     vae = load_vae(cfg.vae)
     if cfg.vae.train_decoder_only:  # the paper: encoder frozen, so its latents keep their meaning
         vae.encoder.requires_grad_(False)

@@ -1,0 +1,337 @@
+"""`mmldm demo`: the whole of MM-LDM on a laptop CPU, from nothing to a gallery page.
+
+Stages (each skipped when its output is complete, so a re-run continues where it stopped):
+
+    1. data        synthetic sounding videos (train set + a held-out set for the conditions)
+    2. vae         a small KL-VAE trained on frames and audio images
+    3. autoencoder the multi-modal autoencoder
+    4. latents     the training set encoded once
+    5. generator   the DiT with the long / continuation branch
+    6. samples     every task: svg, a2v, v2a, audio, video, long, audio/video continuation
+    7. evaluate    synthetic-benchmark scores, with the real data's (ceiling) and shuffled (chance)
+    8. gallery     DIR/index.html
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from mmldm.config import Config, load_config
+
+log = logging.getLogger(__name__)
+
+NUM_TRAIN_CLIPS = 96  # videos of 2 clips each
+NUM_TEST_CLIPS = 16
+STAGES = ("data", "vae", "autoencoder", "latents", "generator", "samples", "evaluate", "gallery")
+
+
+def _done(path: Path) -> bool:
+    return (path / ".done").is_file()
+
+
+def _mark(path: Path, info: dict | None = None) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / ".done").write_text(json.dumps(info or {}))
+
+
+class Stages:
+    """Prints where the demo is, how long it has run and an estimate of what is left."""
+
+    # rough shares of the total time on a 2-core CPU, for the estimate
+    WEIGHTS = {
+        "data": 1,
+        "vae": 12,
+        "autoencoder": 40,
+        "latents": 2,
+        "generator": 25,
+        "samples": 15,
+        "evaluate": 3,
+        "gallery": 1,
+    }
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.done_weight = 0.0
+
+    def start(self, name: str, skipped: bool = False) -> None:
+        i = STAGES.index(name) + 1
+        elapsed = time.perf_counter() - self.t0
+        total = sum(self.WEIGHTS.values())
+        left = ""
+        if self.done_weight and not skipped:
+            rate = elapsed / self.done_weight
+            left = f", about {rate * (total - self.done_weight) / 60:.1f} min left"
+        state = "already done, skipped" if skipped else "running"
+        log.info("[%d/%d] %s: %s (%.0f s elapsed%s)", i, len(STAGES), name, state, elapsed, left)
+
+    def finish(self, name: str) -> None:
+        self.done_weight += self.WEIGHTS[name]
+
+
+def run_demo(out: str | Path, config: str = "demo", overrides: list[str] | None = None) -> Path:
+    """Run every stage into ``out``; returns the gallery page."""
+    from mmldm.data.synthetic import synthesize_dataset
+
+    out = Path(out)
+    cfg = load_config(config, overrides)
+    stages = Stages()
+    data_dir, test_dir = out / "data" / "train", out / "data" / "test"
+
+    stages.start("data", _done(out / "data"))
+    if not _done(out / "data"):
+        shutil.rmtree(out / "data", ignore_errors=True)
+        synthesize_dataset(data_dir, NUM_TRAIN_CLIPS, seed=0, data=cfg.data)
+        synthesize_dataset(
+            test_dir, NUM_TEST_CLIPS, seed=1000, data=cfg.data, duration=cfg.data.clip_seconds
+        )
+        _mark(out / "data")
+    stages.finish("data")
+    cache = out / "cache"
+
+    stages.start("vae", _done(out / "vae"))
+    if not _done(out / "vae"):
+        from mmldm.train.vae import train_vae
+
+        vae_cfg = load_config(config, [*(overrides or []), "vae.train_decoder_only=false"])
+        train_vae(vae_cfg, data_dir, out / "vae", resume=_resumable(out / "vae"), cache_dir=cache)
+        _mark(out / "vae")
+    stages.finish("vae")
+
+    stages.start("autoencoder", _done(out / "autoencoder"))
+    ae_cfg = load_config(config, [*(overrides or []), f"vae.pretrained={out / 'vae'}"])
+    if not _done(out / "autoencoder"):
+        from mmldm.train.autoencoder import train_autoencoder
+
+        train_autoencoder(
+            ae_cfg,
+            data_dir,
+            out / "autoencoder",
+            resume=_resumable(out / "autoencoder"),
+            cache_dir=cache,
+        )
+        _mark(out / "autoencoder")
+    stages.finish("autoencoder")
+
+    stages.start("latents", _done(out / "latents"))
+    if not _done(out / "latents"):
+        from mmldm.data.latents import cache_latents
+
+        cache_latents(
+            out / "autoencoder", data_dir, out / "latents", cache_dir=cache, batch_size=32
+        )
+        _mark(out / "latents")
+    stages.finish("latents")
+
+    stages.start("generator", _done(out / "generator"))
+    if not _done(out / "generator"):
+        from mmldm.train.generator import train_generator
+
+        gen_cfg = load_config(config, [*(overrides or []), "dit.long=true"])
+        train_generator(
+            gen_cfg, out / "latents", out / "generator", resume=_resumable(out / "generator")
+        )
+        _mark(out / "generator")
+    stages.finish("generator")
+
+    stages.start("samples", _done(out / "samples"))
+    if not _done(out / "samples"):
+        make_samples(out, test_dir)
+        _mark(out / "samples")
+    stages.finish("samples")
+
+    stages.start("evaluate", _done(out / "evaluate"))
+    if not _done(out / "evaluate"):
+        metrics = evaluate_demo(out, ae_cfg, data_dir, test_dir)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _mark(out / "evaluate")
+    stages.finish("evaluate")
+
+    stages.start("gallery")
+    page = write_gallery(out, json.loads((out / "metrics.json").read_text()))
+    stages.finish("gallery")
+    log.info("demo finished in %.1f min: open %s", (time.perf_counter() - stages.t0) / 60, page)
+    return page
+
+
+def _resumable(run: Path) -> bool:
+    return (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("step_*"))
+
+
+def _test_clips(test_dir: Path, cfg: Config) -> list[dict]:
+    """The held-out clips: their frames, audio and class (the conditions of a2v / v2a)."""
+    from mmldm.data.dataset import SoundingVideoDataset
+
+    ds = SoundingVideoDataset(test_dir, cfg.data)
+    return [ds[i] for i in range(len(ds))]
+
+
+SAMPLE_PLAN = {  # task: (number of samples, clips)
+    "svg": (16, 1),
+    "a2v": (NUM_TEST_CLIPS, 1),
+    "v2a": (NUM_TEST_CLIPS, 1),
+    "audio": (4, 1),
+    "video": (4, 1),
+    "long": (4, 3),
+    "audio-continuation": (4, 3),
+    "video-continuation": (4, 3),
+}
+
+
+@torch.no_grad()
+def make_samples(out: Path, test_dir: Path) -> None:
+    from mmldm.pipeline import MMLDMPipeline
+
+    pipe = MMLDMPipeline.from_pretrained(out / "generator", out / "autoencoder")
+    clips = _test_clips(test_dir, pipe.cfg)
+    audio = torch.stack([c["audio"] for c in clips])
+    video = torch.stack([c["video"] for c in clips])
+    conditions = {
+        "a2v": {"audio": audio},
+        "v2a": {"video": video},
+        "audio-continuation": {"audio": audio[:4]},
+        "video-continuation": {"video": video[:4]},
+    }
+    for task, (num, k) in SAMPLE_PLAN.items():
+        t0 = time.perf_counter()
+        gen = pipe.generate(task, num, seed=0, clips=k, **conditions.get(task, {}))
+        records = pipe.save(gen, out / "samples" / task)
+        if task in conditions:
+            for r, c in zip(records, clips, strict=False):
+                r["condition"] = c["path"]
+                r["condition_class"] = int(c["label"])
+        (out / "samples" / task / f"{task}.json").write_text(
+            json.dumps({"samples": records}, indent=2)
+        )
+        log.info("samples: %s, %d in %.1f s", task, num, time.perf_counter() - t0)
+
+
+def evaluate_demo(out: Path, cfg: Config, data_dir: Path, test_dir: Path) -> dict:
+    """Synthetic-benchmark scores of the svg and a2v / v2a samples, with ceiling and chance."""
+    from mmldm.data.media import read_media
+    from mmldm.metrics.synthetic_scores import detect_sample, synthetic_scores
+
+    data = cfg.data
+    k = data.num_classes
+
+    def detections(paths_labels):
+        found = []
+        for path, label in paths_labels:
+            media = read_media(path, sample_rate=data.sample_rate)
+            found.append(
+                detect_sample(
+                    media.frames,
+                    media.audio,
+                    fps=data.fps,
+                    sample_rate=data.sample_rate,
+                    num_classes=k,
+                    label=label,
+                    path=str(path),
+                )
+            )
+        return found
+
+    def from_records(task):
+        folder = out / "samples" / task
+        records = json.loads((folder / f"{task}.json").read_text())["samples"]
+        return [(folder / r["file"], r.get("condition_class")) for r in records]
+
+    real = [
+        (p, int(json.loads(p.with_suffix(".json").read_text())["class_index"]))
+        for p in sorted(test_dir.rglob("*.mp4"))
+    ]
+    result = {"real": synthetic_scores(detections(real))}
+    for task in ("svg", "a2v", "v2a"):
+        result[task] = synthetic_scores(detections(from_records(task)))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# The gallery page
+# --------------------------------------------------------------------------------------------
+
+_TASK_TEXT = {
+    "svg": "Sounding videos generated from noise (joint audio-video generation).",
+    "a2v": "Video generated for a given audio clip of the held-out set (the given audio plays).",
+    "v2a": "Audio generated for a given video clip of the held-out set (the given frames show).",
+    "audio": "Audio alone (the video track shows its audio image).",
+    "video": "Video alone (no audio track).",
+    "long": "Long sounding videos: each clip continues the previous one.",
+    "audio-continuation": "A given audio clip continued (spectrogram shown as the video).",
+    "video-continuation": "A given video clip continued (silent).",
+}
+
+_METRIC_TEXT = {
+    "av_class_agreement": "audio-video class agreement",
+    "video_class_accuracy": "video class accuracy (vs. the condition's class)",
+    "audio_class_accuracy": "audio class accuracy (vs. the condition's class)",
+    "sync_f1": "bounce / click synchronisation (F1, within one frame)",
+}
+
+
+def _metrics_table(metrics: dict) -> str:
+    rows = []
+    for task in ("svg", "a2v", "v2a"):
+        for key, text in _METRIC_TEXT.items():
+            value = metrics.get(task, {}).get("value", {}).get(key)
+            if value is None:
+                continue
+            ceiling = metrics["real"]["value"].get(key)
+            chance = metrics[task].get("shuffled", {}).get(key)
+            rows.append(
+                f"<tr><td>{task}</td><td>{text}</td><td><b>{value:.3f}</b></td>"
+                f"<td>{'' if ceiling is None else f'{ceiling:.3f}'}</td>"
+                f"<td>{'' if chance is None else f'{chance:.3f}'}</td></tr>"
+            )
+    return (
+        "<table><tr><th>task</th><th>score</th><th>generated</th><th>real data (ceiling)"
+        "</th><th>shuffled pairs (chance)</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def write_gallery(out: Path, metrics: dict, per_task: int = 4) -> Path:
+    """``out/index.html``: samples of every task with their conditions, curves and scores."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>MM-LDM demo</title><style>",
+        "body{font-family:sans-serif;margin:2em;max-width:1200px}video{width:192px;"
+        "image-rendering:pixelated;background:#000}figure{display:inline-block;margin:6px;"
+        "vertical-align:top}figcaption{font-size:12px;color:#555}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px}img.curve{max-width:100%}",
+        "</style></head><body><h1>MM-LDM demo</h1>",
+        "<p>Everything here was trained on this machine's CPU from synthetic sounding videos: "
+        "a ball of the class colour bouncing off the walls, a tone of the class pitch that "
+        "follows its height, and a click at every bounce.</p>",
+        "<h2>Scores</h2>",
+        _metrics_table(metrics),
+    ]
+    for task in SAMPLE_PLAN:
+        folder = out / "samples" / task
+        record_file = folder / f"{task}.json"
+        if not record_file.is_file():
+            continue
+        records = json.loads(record_file.read_text())["samples"][:per_task]
+        parts.append(f"<h2 id='{task}'>{task}</h2><p>{html.escape(_TASK_TEXT[task])}</p>")
+        for r in records:
+            src = f"samples/{task}/{r['file']}"
+            figure = f"<figure><video controls preload='metadata' src='{src}'></video>"
+            caption = f"{r['file']} (seed {r['seed']})"
+            if r.get("condition"):
+                cond = Path(r["condition"])
+                rel = cond.relative_to(out) if cond.is_relative_to(out) else cond
+                figure += f"<video controls preload='metadata' src='{rel.as_posix()}'></video>"
+                caption += f"; condition (class {r.get('condition_class')}) on the right"
+            parts.append(f"{figure}<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append("<h2>Training curves</h2>")
+    for run in ("vae", "autoencoder", "generator"):
+        if (out / run / "loss.png").is_file():
+            parts.append(f"<h3>{run}</h3><img class='curve' src='{run}/loss.png'>")
+    parts.append("</body></html>")
+    page = out / "index.html"
+    page.write_text("\n".join(parts))
+    return page
