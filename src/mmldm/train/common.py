@@ -9,6 +9,7 @@ are saved in the checkpoint. So a run killed and resumed matches an uninterrupte
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -156,14 +157,22 @@ def save_training_checkpoint(
 ) -> Path | None:
     """Gather every process's RNG state and write one checkpoint from the main process."""
     rng = gather_object([capture_rng_state()])  # one state per process, in rank order
+    # every process takes part: under sharded strategies this gathers the full weights
+    states = {
+        k: accelerator.get_state_dict(m) if isinstance(m, nn.Module) else m
+        for k, m in modules.items()
+    }
+    counts = {
+        k: sum(p.numel() for p in accelerator.unwrap_model(m).parameters())
+        for k, m in modules.items()
+        if isinstance(m, nn.Module)
+    }
+    metadata = {"mmldm.parameters": json.dumps(counts), **(extra_metadata or {})}
     path = None
     if accelerator.is_main_process:
         path = save_checkpoint(
             run / "checkpoints",
-            modules={
-                k: accelerator.unwrap_model(m) if isinstance(m, nn.Module) else m
-                for k, m in modules.items()
-            },
+            modules=states,
             config=cfg,
             kind=kind,
             step=step,
@@ -173,7 +182,7 @@ def save_training_checkpoint(
                 "world_size": accelerator.num_processes,
             },
             keep_last=cfg.train.keep_last,
-            extra_metadata=extra_metadata,
+            extra_metadata=metadata,
         )
     accelerator.wait_for_everyone()
     return path
