@@ -19,6 +19,7 @@ SUBCOMMANDS = [
     "cache-latents",
     "train-generator",
     "sample",
+    "demo",
     "evaluate",
 ]
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -319,7 +320,9 @@ def load_i3d(path: str | Path, device: str | torch.device = "cpu") -> I3DFeature
         raise CheckpointError(f"I3D weights not found: {path}")
     if _is_torchscript(path):
         try:
-            model = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # recent torch deprecates TorchScript loudly
+                warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated")
+                model = torch.jit.load(str(path), map_location="cpu")
         except Exception as err:
             raise CheckpointError(
                 f"{path}: looks like a TorchScript I3D but cannot be loaded ({err})"

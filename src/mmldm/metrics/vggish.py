@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -66,10 +67,13 @@ QUANTIZE_MIN, QUANTIZE_MAX = -2.0, 2.0
 PCA_KEYS = ("pca_eigen_vectors", "pca_means")
 _PPROC_KEYS = ("pproc.pca_matrix", "pproc.pca_means")  # torchvggish's VGGish module
 
+_ANSI = r"\x1b\[[0-9;]*m"  # terminal colour codes in torch's error messages
+
 WINDOW_LENGTH = int(round(SAMPLE_RATE * WINDOW_SECONDS))  # 400
 HOP_LENGTH = int(round(SAMPLE_RATE * HOP_SECONDS))  # 160
 FFT_LENGTH = 2 ** int(math.ceil(math.log2(WINDOW_LENGTH)))  # 512
 MIN_SAMPLES = WINDOW_LENGTH + (EXAMPLE_FRAMES - 1) * HOP_LENGTH  # 15600: one example
+_warned_lengths: set[int] = set()  # clip lengths already reported as padded
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,10 +193,12 @@ def waveform_to_examples(wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
         raise ValueError(f"audio must be [B, N], got shape {tuple(wave.shape)}")
     x = resample(wave.double(), sample_rate, SAMPLE_RATE)
     if x.shape[-1] < MIN_SAMPLES:
-        log.warning(
-            "VGGish: clips of %.3f s are zero-padded to one 0.975 s example",
-            x.shape[-1] / SAMPLE_RATE,
-        )
+        if x.shape[-1] not in _warned_lengths:
+            _warned_lengths.add(x.shape[-1])
+            log.warning(
+                "VGGish: clips of %.3f s are zero-padded to one 0.975 s example",
+                x.shape[-1] / SAMPLE_RATE,
+            )
         x = F.pad(x, (0, MIN_SAMPLES - x.shape[-1]))
     mel = log_mel(x)  # [B, frames, 64]
     count = (mel.shape[1] - EXAMPLE_FRAMES) // EXAMPLE_FRAMES + 1
@@ -337,7 +343,8 @@ def load_tensor_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as err:
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects other than tensors, "
-            f"numeric numpy arrays and plain containers ({str(err).splitlines()[0]})"
+            f"numeric numpy arrays and plain containers, and mmldm never executes pickled code "
+            f"({re.sub(_ANSI, '', str(err).splitlines()[0])})"
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of arrays, found {type(obj).__name__}")

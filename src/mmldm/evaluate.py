@@ -1,0 +1,517 @@
+"""``mmldm evaluate``: FVD, KVD, FAD and the synthetic-benchmark scores of generated sounding
+videos against real ones (protocol: DESIGN.md section 6).
+
+Inputs:
+
+* real: a data folder or manifest, read through :class:`SoundingVideoDataset` with the
+  config's data settings (clips of ``data.num_frames`` frames at ``data.fps``, audio at
+  ``data.sample_rate``, frames resized to ``data.resolution``);
+* fake: every video file under a folder, each read as one clip of the same length from its
+  start (longer files are cut; shorter ones are an error naming the file); frames of another
+  size are resized to ``data.resolution`` like the real ones.
+
+Up to ``num`` clips per side are drawn (seeded, without replacement) and streamed batch by
+batch through the extractors whose weights are given; only their features are kept:
+
+=====================  ==========================================  ====================
+metric                 features                                    needs
+=====================  ==========================================  ====================
+FVD                    I3D logits (400-d), Frechet distance        ``--i3d``
+KVD                    same features, unbiased polynomial MMD^2    ``--i3d``
+FAD (VGGish)           VGGish 0.96 s window embeddings (128-d)     ``--vggish``
+FAD (AudioCLIP x1e4)   AudioCLIP audio embeddings (1024-d) x 1e4   ``--audioclip``
+=====================  ==========================================  ====================
+
+VGGish embeddings are the raw 128-d layer, as the FAD toolkits use; with ``--vggish-pca`` they
+are post-processed as in the AudioSet release (PCA, clip to [-2, 2], 8-bit levels), which the
+report names. A metric whose weights are missing is listed with the option it needs.
+
+When the data look like ``mmldm synth-data`` output (sidecars or class folders), the
+synthetic-benchmark scores (:mod:`mmldm.metrics.synthetic_scores`) are computed too, for the
+generated clips, the real ones (ceiling) and shuffled real pairs (chance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mmldm import __version__
+from mmldm.config import Config, DataConfig, load_config
+from mmldm.console import progress
+from mmldm.data.clips import frames_to_tensor_layout, resize_frames
+from mmldm.data.dataset import VIDEO_EXTENSIONS, DatasetError, SoundingVideoDataset
+from mmldm.data.media import MediaError, read_media
+from mmldm.metrics.audioclip import FAD_SCALE, AudioCLIPEmbedder, load_audioclip
+from mmldm.metrics.frechet import FeatureStats, kernel_distance
+from mmldm.metrics.i3d import I3DFeatureExtractor, load_i3d
+from mmldm.metrics.synthetic_scores import (
+    SCORE_NAMES,
+    Detections,
+    detect_sample,
+    label_from_path,
+    synthetic_num_classes,
+    synthetic_scores,
+)
+from mmldm.metrics.vggish import VGGish, load_vggish
+
+log = logging.getLogger(__name__)
+
+FVD, KVD = "FVD", "KVD"
+FAD_VGGISH, FAD_AUDIOCLIP = "FAD (VGGish)", "FAD (AudioCLIP x1e4)"
+METRICS = (FVD, KVD, FAD_VGGISH, FAD_AUDIOCLIP)
+NEEDS = {
+    FVD: "--i3d i3d_pretrained_400.pt (or i3d_torchscript.pt)",
+    KVD: "--i3d i3d_pretrained_400.pt (or i3d_torchscript.pt)",
+    FAD_VGGISH: "--vggish vggish-10086976.pth",
+    FAD_AUDIOCLIP: "--audioclip AudioCLIP-Full-Training.pt",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Reading clips
+# --------------------------------------------------------------------------------------------
+
+
+def list_fake_videos(folder: str | Path) -> list[Path]:
+    """Every video file under ``folder`` (recursively, sorted)."""
+    root = Path(folder)
+    if not root.exists():
+        raise DatasetError(f"{root}: folder of generated videos not found")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: --fake must be a folder of generated videos")
+    files = sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
+    )
+    if not files:
+        raise DatasetError(f"{root}: no video files (.mp4, ...) in this folder")
+    return files
+
+
+def read_fake_clip(path: Path, data: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One generated video as a clip: frames ``[F, 3, S, S]`` in [-1, 1] and audio ``[N]``.
+
+    The first ``data.num_frames / data.fps`` seconds, frames on the ``data.fps`` grid (resized
+    to ``data.resolution`` when of another size), audio at ``data.sample_rate``.
+    Raises MediaError naming the file when it is shorter or unreadable.
+    """
+    media = read_media(
+        path, sample_rate=data.sample_rate, duration=data.clip_seconds, grid_fps=data.fps
+    )
+    assert media.frames is not None and media.audio is not None
+    frames, audio = media.frames, media.audio
+    samples = int(round(data.clip_seconds * data.sample_rate))
+    if len(frames) != data.num_frames or len(audio) < samples:
+        raise MediaError(
+            path,
+            f"clip shorter than requested: {len(frames)} frames / {len(audio)} samples, "
+            f"{data.num_frames} / {samples} needed",
+        )
+    if frames.shape[1:3] != (data.resolution, data.resolution):
+        frames = resize_frames(frames, data.resolution, data.resize)
+    return torch.from_numpy(frames_to_tensor_layout(frames)), torch.from_numpy(audio[:samples])
+
+
+class _FakeClips(Dataset):
+    """Generated videos as items like SoundingVideoDataset's; read errors are passed to the
+    main process as {"error": message} (a MediaError does not survive DataLoader workers)."""
+
+    def __init__(self, paths: list[Path], data: DataConfig) -> None:
+        self.paths, self.data = paths, data
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        try:
+            video, audio = read_fake_clip(path, self.data)
+        except MediaError as err:
+            return {"error": err.problem, "path": str(path)}
+        return {"video": video, "audio": audio, "path": str(path), "start": 0.0}
+
+
+def _draw(available: int, num: int, seed: int) -> list[int]:
+    """Up to ``num`` of ``range(available)``, drawn without replacement (sorted)."""
+    if available <= num:
+        return list(range(available))
+    return sorted(np.random.default_rng(seed).choice(available, num, replace=False).tolist())
+
+
+def _batches(dataset: Dataset, indices: list[int], batch_size: int, workers: int):
+    loader = DataLoader(
+        torch.utils.data.Subset(dataset, indices),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=list,
+    )
+    for items in loader:
+        for item in items:
+            if "error" in item:
+                raise MediaError(item["path"], item["error"])
+        yield items
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Feature accumulation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Extractors:
+    i3d: I3DFeatureExtractor | None = None
+    vggish: VGGish | None = None
+    audioclip: AudioCLIPEmbedder | None = None
+    resolution: int = 256
+    vggish_postprocess: bool = False  # PCA + clip + 8-bit (when --vggish-pca is given)
+
+
+@dataclass
+class _Side:
+    """Everything kept of one side: feature statistics and per-clip detections."""
+
+    name: str
+    clips: int = 0
+    video: FeatureStats = field(default_factory=FeatureStats)
+    vggish: FeatureStats = field(default_factory=FeatureStats)
+    audioclip: FeatureStats = field(default_factory=FeatureStats)
+    detections: list[Detections] = field(default_factory=list)
+
+
+def _accumulate(
+    side: _Side,
+    batches,
+    total: int,
+    ex: _Extractors,
+    data: DataConfig,
+    num_classes: int | None,
+    device: torch.device,
+) -> None:
+    bar = progress(total=total, desc=f"{side.name} clips", unit="clip")
+    for items in batches:
+        video = torch.stack([item["video"] for item in items])  # [B, F, 3, S, S] in [-1, 1]
+        audio = torch.stack([item["audio"] for item in items])  # [B, N]
+        if ex.i3d is not None:
+            side.video.update(ex.i3d(video.to(device), ex.resolution))
+        if ex.vggish is not None:
+            windows = ex.vggish.embed(  # [B, W, 128]
+                audio.to(device), data.sample_rate, postprocess=ex.vggish_postprocess
+            )
+            side.vggish.update(windows.reshape(-1, windows.shape[-1]))
+        if ex.audioclip is not None:
+            side.audioclip.update(ex.audioclip.embed(audio.to(device), data.sample_rate))
+        if num_classes is not None:
+            for item, clip_video, clip_audio in zip(items, video, audio, strict=True):
+                side.detections.append(
+                    detect_sample(
+                        clip_video,
+                        clip_audio,
+                        fps=data.fps,
+                        sample_rate=data.sample_rate,
+                        num_classes=num_classes,
+                        label=label_from_path(item["path"], num_classes),
+                        path=item["path"],
+                    )
+                )
+        side.clips += len(items)
+        bar.update(len(items))
+    bar.close()
+
+
+def _frechet(real: FeatureStats, fake: FeatureStats, what: str) -> float:
+    for name, stats in (("real", real), ("generated", fake)):
+        if stats.count < 2:
+            raise DatasetError(f"{what} needs at least 2 {name} samples, got {stats.count}")
+    return real.frechet_distance(fake)
+
+
+# --------------------------------------------------------------------------------------------
+# The evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate(
+    real: str | Path,
+    fake: str | Path,
+    *,
+    cfg: Config,
+    i3d: str | Path | None = None,
+    vggish: str | Path | None = None,
+    vggish_pca: str | Path | None = None,
+    audioclip: str | Path | None = None,
+    resolution: int | None = 256,
+    num: int = 2048,
+    batch_size: int = 16,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compute every metric the given weights allow (see the module docstring).
+
+    Args:
+        real: data folder or manifest; fake: folder of generated videos.
+        cfg: the config whose ``data`` settings define a clip.
+        i3d, vggish, vggish_pca, audioclip: local weight files (None: metric not computed).
+        resolution: frames are resized to this square size before the I3D preprocessing
+            (the paper reports 64 and 256).
+        num: clips drawn per side; batch_size: clips per extractor batch.
+
+    Returns:
+        A JSON-ready dict: ``metrics`` {name: {value, extractor, real_clips, fake_clips}},
+        ``missing`` [{metric, needs}], ``synthetic`` (or None) and ``settings``.
+    """
+    if num < 2:
+        raise ValueError(f"num must be >= 2 clips per side, got {num}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    data = cfg.data
+    torch_device = torch.device(device)
+    real_set = SoundingVideoDataset(real, data)
+    fake_paths = list_fake_videos(fake)
+    fake_set = _FakeClips(fake_paths, data)
+    real_idx = _draw(len(real_set), num, seed)
+    fake_idx = _draw(len(fake_set), num, seed + 1)
+    log.info(
+        "evaluating %d of %d real clips and %d of %d generated clips",
+        len(real_idx), len(real_set), len(fake_idx), len(fake_set),
+    )  # fmt: skip
+
+    weights: dict[str, dict[str, Any]] = {}
+    ex = _Extractors(resolution=resolution)
+    if i3d is not None:
+        ex.i3d = load_i3d(i3d, torch_device)
+        weights["i3d"] = {"path": str(i3d), "kind": ex.i3d.kind, "name": ex.i3d.name}
+    if vggish is not None:
+        ex.vggish = load_vggish(vggish, vggish_pca, torch_device)
+        ex.vggish_postprocess = vggish_pca is not None
+        weights["vggish"] = {"path": str(vggish), "name": ex.vggish.name}
+        if vggish_pca is not None:
+            weights["vggish_pca"] = {"path": str(vggish_pca), "name": "VGGish PCA parameters"}
+    elif vggish_pca is not None:
+        log.warning("--vggish-pca %s is ignored without --vggish", vggish_pca)
+    if audioclip is not None:
+        ex.audioclip = load_audioclip(audioclip, torch_device)
+        weights["audioclip"] = {
+            "path": str(audioclip),
+            "name": ex.audioclip.name,
+            "input_scale": ex.audioclip.input_scale,
+        }
+    for entry in weights.values():
+        entry["sha256"] = sha256_of(entry["path"])
+
+    real_paths = [str(v.path) for v in real_set.videos]
+    num_classes = synthetic_num_classes(real_paths, data.num_classes) or synthetic_num_classes(
+        [str(p) for p in fake_paths], data.num_classes
+    )
+    workers = data.num_workers
+    sides = {
+        "real": _Side("real", video=FeatureStats(keep=num, seed=seed)),
+        "fake": _Side("generated", video=FeatureStats(keep=num, seed=seed)),
+    }
+    with torch.no_grad():
+        _accumulate(
+            sides["real"],
+            _batches(real_set, real_idx, batch_size, workers),
+            len(real_idx), ex, data, num_classes, torch_device,
+        )  # fmt: skip
+        _accumulate(
+            sides["fake"],
+            _batches(fake_set, fake_idx, batch_size, workers),
+            len(fake_idx), ex, data, num_classes, torch_device,
+        )  # fmt: skip
+    real_side, fake_side = sides["real"], sides["fake"]
+
+    metrics: dict[str, dict[str, Any]] = {}
+    counts = {"real_clips": real_side.clips, "fake_clips": fake_side.clips}
+    if ex.i3d is not None:
+        metrics[FVD] = {
+            "value": _frechet(real_side.video, fake_side.video, FVD),
+            "extractor": ex.i3d.name,
+            **counts,
+        }
+        metrics[KVD] = {
+            "value": kernel_distance(real_side.video.samples, fake_side.video.samples),
+            "extractor": ex.i3d.name,
+            **counts,
+        }
+    if ex.vggish is not None:
+        metrics[FAD_VGGISH] = {
+            "value": _frechet(real_side.vggish, fake_side.vggish, FAD_VGGISH),
+            "extractor": (
+                "VGGish (PCA + 8-bit embeddings of 0.96 s windows, AudioSet release format)"
+                if ex.vggish_postprocess
+                else "VGGish (raw 128-d embeddings of 0.96 s windows)"
+            ),
+            "real_windows": real_side.vggish.count,
+            "fake_windows": fake_side.vggish.count,
+            **counts,
+        }
+    if ex.audioclip is not None:
+        metrics[FAD_AUDIOCLIP] = {
+            "value": FAD_SCALE * _frechet(real_side.audioclip, fake_side.audioclip, FAD_AUDIOCLIP),
+            "extractor": f"{ex.audioclip.name}, 44.1 kHz, x1e4 as MM-Diffusion",
+            **counts,
+        }
+    missing = [{"metric": m, "needs": NEEDS[m]} for m in METRICS if m not in metrics]
+
+    synthetic = None
+    if num_classes is not None:
+        fake_scores = synthetic_scores(fake_side.detections, seed)
+        real_scores = synthetic_scores(real_side.detections, seed)
+        labelled = sum(d.label is not None for d in fake_side.detections)
+        synthetic = {
+            "num_classes": num_classes,
+            "generated": fake_scores["value"],
+            "generated_shuffled": fake_scores["shuffled"],
+            "real": real_scores["value"],  # ceiling
+            "chance": real_scores["shuffled"],  # shuffled real pairs
+            "generated_labelled_clips": labelled,
+            "note": (
+                "class accuracies against the conditioned class (sidecar or class folder)"
+                if labelled
+                else "generated clips carry no class: audio-video agreement and sync only"
+            ),
+        }
+
+    return {
+        "metrics": metrics,
+        "missing": missing,
+        "synthetic": synthetic,
+        "settings": {
+            "real": str(real),
+            "fake": str(fake),
+            "real_clips": real_side.clips,
+            "fake_clips": fake_side.clips,
+            "real_clips_available": len(real_set),
+            "fake_clips_available": len(fake_set),
+            "num": num,
+            "seed": seed,
+            "resolution": resolution,
+            "batch_size": batch_size,
+            "device": str(torch_device),
+            "config": cfg.name,
+            "data": {
+                "num_frames": data.num_frames,
+                "fps": data.fps,
+                "resolution": data.resolution,
+                "sample_rate": data.sample_rate,
+                "clip_seconds": data.clip_seconds,
+            },
+            "extractors": weights,
+            "mmldm_version": __version__,
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "-" if value is None else str(value)
+    return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+
+
+def _fmt_score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The printed tables: metrics (value, extractor, clips) and the synthetic scores."""
+    rows = [("metric", "value", "extractor", "clips (real / generated)")]
+    for name in METRICS:
+        entry = result["metrics"].get(name)
+        if entry is not None:
+            clips = f"{entry['real_clips']} / {entry['fake_clips']}"
+            rows.append((name, _fmt(entry["value"]), entry["extractor"], clips))
+    for entry in result["missing"]:
+        rows.append((entry["metric"], "missing", f"needs {entry['needs']}", "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
+    synthetic = result.get("synthetic")
+    if synthetic:
+        lines += [
+            "",
+            f"synthetic benchmark ({synthetic['num_classes']} classes; {synthetic['note']})",
+        ]
+        table = [("score", "generated", "real (ceiling)", "shuffled real (chance)")]
+        for name in SCORE_NAMES:
+            if name in synthetic["generated"] or name in synthetic["real"]:
+                table.append(
+                    (
+                        name.replace("_", " "),
+                        _fmt_score(synthetic["generated"].get(name)),
+                        _fmt_score(synthetic["real"].get(name)),
+                        _fmt_score(synthetic["chance"].get(name)),
+                    )
+                )
+        widths = [max(len(r[i]) for r in table) for i in range(4)]
+        lines += ["  ".join(r[i].ljust(widths[i]) for i in range(4)).rstrip() for r in table]
+    settings = result["settings"]
+    lines += [
+        "",
+        f"clips: {settings['real_clips']} real (of {settings['real_clips_available']}), "
+        f"{settings['fake_clips']} generated (of {settings['fake_clips_available']}); "
+        f"I3D input resized to {settings['resolution']}^2 first; config {settings['config']}",
+    ]
+    return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> Path:
+    """Write the result as JSON (atomically: a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """``mmldm evaluate`` (options: see ``mmldm evaluate --help``); returns the exit code."""
+    cfg = load_config(args.config, args.overrides)
+    log.info("config %s: clips of %d frames at %g fps, audio at %d Hz", cfg.name,
+             cfg.data.num_frames, cfg.data.fps, cfg.data.sample_rate)  # fmt: skip
+    for option, value, least in (("--num", args.num, 2), ("--batch-size", args.batch_size, 1)):
+        if value < least:
+            print(f"mmldm evaluate: error: {option} must be >= {least}, got {value}")
+            return 2
+    result = evaluate(
+        args.real,
+        args.fake,
+        cfg=cfg,
+        i3d=args.i3d,
+        vggish=args.vggish,
+        vggish_pca=args.vggish_pca,
+        audioclip=args.audioclip,
+        resolution=args.resolution,
+        num=args.num,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+    )
+    print(format_report(result))
+    if args.out:
+        print(f"\nwrote {write_json(result, args.out)}")
+    return 0
