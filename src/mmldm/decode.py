@@ -23,6 +23,7 @@ from mmldm.config import Config
 from mmldm.diffusion.sampling import guided, sample_loop
 from mmldm.diffusion.schedule import make_sampler
 from mmldm.models.autoencoder import MultiModalAutoencoder, vae_inputs
+from mmldm.models.signal_decoder import DecoderCondition
 from mmldm.models.vae import build_vae
 from mmldm.models.vae import decode as vae_decode
 
@@ -136,17 +137,22 @@ def decode_latents(
         cv = dec.condition("video", rep(z_v), rep(s_a), rep(labels), keep_v, frame_index=index)
         return ca, cv
 
+    guide = g_a != 1.0 or g_v != 1.0
     cond_a, cond_v = conds(ones_a, ones_v)
-    null_a, null_v = conds(0 * ones_a, 0 * ones_v)
+    if guide:  # conditional and null rows in one batch: one UNet pass per step, not two
+        null_a, null_v = conds(0 * ones_a, 0 * ones_v)
+        cond_a = DecoderCondition.cat([cond_a, null_a])
+        cond_v = DecoderCondition.cat([cond_v, null_v])
     latent = (cfg.vae.latent_channels, cfg.vae_latent_size, cfg.vae_latent_size)
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        xa, xv = x[:b], x[b:]
-        ta, tv = t[:b], t[b:]
-        ea, ev = dec.predict_both(xa, ta, cond_a, xv, tv, cond_v)
-        if g_a != 1.0 or g_v != 1.0:
-            na, nv = dec.predict_both(xa, ta, null_a, xv, tv, null_v)
-            ea, ev = guided(ea, na, g_a), guided(ev, nv, g_v)
+        xa, xv, ta, tv = x[:b], x[b:], t[:b], t[b:]
+        if not guide:
+            return torch.cat(dec.predict_both(xa, ta, cond_a, xv, tv, cond_v))
+        ea, ev = dec.predict_both(
+            xa.repeat(2, 1, 1, 1), ta.repeat(2), cond_a, xv.repeat(2, 1, 1, 1), tv.repeat(2), cond_v
+        )
+        ea, ev = guided(*ea.chunk(2), g_a), guided(*ev.chunk(2), g_v)  # (cond, null) halves
         return torch.cat([ea, ev])
 
     x_T = torch.randn((b + b * f, *latent), generator=generator, device=device, dtype=dtype)

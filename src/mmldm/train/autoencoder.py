@@ -19,8 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmldm.config import Config
-from mmldm.console import progress
-from mmldm.data.dataset import SoundingVideoDataset
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod, predict_x0
 from mmldm.models.autoencoder import MultiModalAutoencoder, VAEInputs, vae_inputs
 from mmldm.models.discriminator import (
@@ -32,18 +30,7 @@ from mmldm.models.discriminator import (
 from mmldm.models.signal_decoder import load_pretrained_unet
 from mmldm.models.vae import decode as vae_decode
 from mmldm.models.vae import load_vae
-from mmldm.run import RunLogger
-from mmldm.train.common import (
-    EpochSampler,
-    Throughput,
-    batches,
-    finite_or_raise,
-    lr_at,
-    make_accelerator,
-    make_optimizer,
-    resume_training,
-    save_training_checkpoint,
-)
+from mmldm.train.common import TrainingLoop, make_accelerator, make_optimizer, training_dataset
 
 log = logging.getLogger(__name__)
 
@@ -238,15 +225,9 @@ def train_autoencoder(
     """Train stage 1 into the run folder ``run``; returns the last checkpoint's folder."""
     run = Path(run)
     stage = cfg.train.autoencoder
-    total = max_steps or stage.max_steps
     accelerator = make_accelerator(cfg, stage)
-    device = accelerator.device
-    dataset = SoundingVideoDataset(data, cfg.data, cache_dir=cache_dir)
-    if cache_dir is not None:  # decode every video once, then train on arrays
-        if accelerator.is_main_process:
-            dataset.preprocess()
-        accelerator.wait_for_everyone()
-    vae = load_vae(cfg.vae).to(device).eval().requires_grad_(False)
+    dataset = training_dataset(data, cfg, cache_dir, accelerator)
+    vae = load_vae(cfg.vae).to(accelerator.device).eval().requires_grad_(False)
     model = MultiModalAutoencoder(cfg, cfg.train.gradient_checkpointing)
     if cfg.decoder.pretrained_unet and not resume:  # the paper starts from SD 1.x's UNet
         for unet in model.decoder.unets.values():
@@ -255,7 +236,7 @@ def train_autoencoder(
     opt = make_optimizer(model.parameters(), stage)
     disc = TripletDiscriminator(cfg.discriminator) if cfg.autoencoder.gan_weight > 0 else None
     modules: dict[str, nn.Module] = {"autoencoder": model, "vae": vae}
-    optimizers: dict[str, torch.optim.Optimizer] = {"autoencoder": opt}
+    optimizers: dict[str, torch.optim.Optimizer] = {}
     if disc is not None:
         disc_opt = make_optimizer(disc.parameters(), stage)
         objective, opt, disc, disc_opt = accelerator.prepare(objective, opt, disc, disc_opt)
@@ -265,73 +246,38 @@ def train_autoencoder(
         )
     else:
         objective, opt = accelerator.prepare(objective, opt)
-    optimizers["autoencoder"] = opt
-
-    step = resume_training(accelerator, run, "autoencoder", modules, optimizers) if resume else 0
-    sampler = EpochSampler(
-        len(dataset),
-        cfg.train.seed,
-        accelerator.process_index,
-        accelerator.num_processes,
-        stage.batch_size,
+    optimizers = {"autoencoder": opt, **optimizers}
+    loop = TrainingLoop(
+        accelerator,
+        cfg,
+        "autoencoder",
+        run,
+        dataset,
+        modules,
+        optimizers,
+        resume=resume,
+        max_steps=max_steps,
+        num_workers=cfg.data.num_workers,
     )
-    stream = batches(dataset, sampler, stage.batch_size, cfg.data.num_workers, step)
-    logger = RunLogger(
-        run, cfg, resume_step=step if resume else None, main_process=accelerator.is_main_process
-    )
-    clock = Throughput(step, total)
-    bar = progress(total=total, initial=step, desc="autoencoder")
-    last = None
-    while step < total:
-        batch = next(stream)
-        video, audio = batch["video"].to(device), batch["audio"].to(device)
-        labels = batch["label"].to(device)
-        flip = torch.rand(len(video), device=device) < cfg.data.hflip_prob
+    for batch in loop:
+        video, audio = batch["video"], batch["audio"]
+        flip = torch.rand(len(video), device=video.device) < cfg.data.hflip_prob
         inputs = vae_inputs(vae, cfg, video, audio, NUM_TARGETS, flip=flip)
-        gan_on = disc is not None and step >= cfg.discriminator.start_step
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, stage)
+        gan_on = disc is not None and loop.step >= cfg.discriminator.start_step
         with accelerator.accumulate(objective), accelerator.autocast():
-            loss, logs, gan = objective(inputs, labels, gan_on)
-            finite_or_raise(loss, step)
-            accelerator.backward(loss)
-            if stage.grad_clip and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(objective.parameters(), stage.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            loss, logs, gan = objective(inputs, batch["label"], gan_on)
+            loop.backward_step(loss, objective, opt)
         if gan_on and gan is not None:
             disc_opt.zero_grad(set_to_none=True)  # drop what the generator loss left there
             with accelerator.accumulate(disc), accelerator.autocast():
                 d_loss = discriminator_loss(disc, gan)
-                accelerator.backward(d_loss)
-                disc_opt.step()
-                disc_opt.zero_grad(set_to_none=True)
+                loop.backward_step(d_loss, disc, disc_opt, clip=False)
             logs["loss_gan_d"] = d_loss.item()
-        step += 1
-        bar.update(1)
-        if step % cfg.train.log_every == 0 or step == total:
-            logs["lr"] = opt.param_groups[0]["lr"]
-            logger.log(step, logs)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", left=clock.eta(step))
-            if bar.disable:  # no progress bar (not a terminal): a log line instead
-                log.info(
-                    "autoencoder step %d/%d loss %.4f (%s left)",
-                    step,
-                    total,
-                    logs["loss"],
-                    clock.eta(step),
-                )
-        if step % cfg.train.checkpoint_every == 0 or step == total:
-            last = save_training_checkpoint(
-                accelerator, run, cfg, "autoencoder", step, modules, optimizers
-            )
-        if step % cfg.train.sample_every == 0 or step == total:
+        loop.end_step(logs)
+        if loop.due(cfg.train.sample_every):
             if accelerator.is_main_process:
                 write_reconstructions(
-                    model, vae, video, audio, run / "samples" / f"step_{step:08d}"
+                    model, vae, video, audio, run / "samples" / f"step_{loop.step:08d}"
                 )
             accelerator.wait_for_everyone()
-    bar.close()
-    logger.close()
-    accelerator.end_training()
-    return last if last is not None else run
+    return loop.close()

@@ -32,6 +32,8 @@ from mmldm.checkpoint import (
     save_checkpoint,
 )
 from mmldm.config import Config, StageTrainConfig, config_to_yaml, load_config
+from mmldm.console import progress
+from mmldm.run import RunLogger
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +133,9 @@ def make_optimizer(params, stage: StageTrainConfig) -> torch.optim.AdamW:
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
+    ema_params = list(ema.parameters())
+    params = [p.detach().to(e.dtype) for e, p in zip(ema_params, model.parameters(), strict=True)]
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)  # one fused update, not one per tensor
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
 
@@ -215,6 +218,139 @@ def resume_training(
     restore_rng_state(rng[accelerator.process_index % len(rng)])
     log.info("resumed %s from %s at step %d", kind, ckpt.path, ckpt.step)
     return ckpt.step
+
+
+def training_dataset(data, cfg: Config, cache_dir, accelerator: Accelerator):
+    """The clips of ``data``; with a cache folder, every video is decoded into it once first."""
+    from mmldm.data.dataset import SoundingVideoDataset
+
+    dataset = SoundingVideoDataset(data, cfg.data, cache_dir=cache_dir)
+    if cache_dir is not None:
+        if accelerator.is_main_process:
+            dataset.preprocess()
+        accelerator.wait_for_everyone()
+    return dataset
+
+
+class TrainingLoop:
+    """The loop every stage shares: resume, data order, learning rate, progress, logging and
+    checkpoints. A stage writes only its forward pass::
+
+        loop = TrainingLoop(accelerator, cfg, "autoencoder", run, dataset, modules, optimizers)
+        for batch in loop:                      # on the device, learning rates set
+            with accelerator.accumulate(objective), accelerator.autocast():
+                loss, logs = ...
+                loop.backward_step(loss, objective, opt)
+            loop.end_step(logs)                 # progress, metrics, checkpoints
+        return loop.close()
+
+    Args:
+        stage: "vae" | "autoencoder" | "generator": the ``train.<stage>`` settings and the
+            checkpoint kind.
+        modules: what checkpoints hold (modules or tensor dicts); optimizers: by name.
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        cfg: Config,
+        stage: str,
+        run: Path,
+        dataset: Dataset,
+        modules: Mapping[str, nn.Module | Mapping[str, torch.Tensor]],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        *,
+        resume: bool = False,
+        max_steps: int | None = None,
+        num_workers: int = 0,
+        extra_metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        self.accelerator, self.cfg, self.kind, self.run = accelerator, cfg, stage, run
+        self.settings = getattr(cfg.train, stage)
+        self.modules, self.optimizers = modules, optimizers
+        self.extra_metadata = extra_metadata
+        self.total = max_steps or self.settings.max_steps
+        trainable = {k: m for k, m in modules.items() if isinstance(m, nn.Module)}
+        self.step = resume_training(accelerator, run, stage, trainable, optimizers) if resume else 0
+        sampler = EpochSampler(
+            len(dataset),
+            cfg.train.seed,
+            accelerator.process_index,
+            accelerator.num_processes,
+            self.settings.batch_size,
+        )
+        self.stream = batches(dataset, sampler, self.settings.batch_size, num_workers, self.step)
+        self.logger = RunLogger(
+            run,
+            cfg,
+            resume_step=self.step if resume else None,
+            main_process=accelerator.is_main_process,
+        )
+        self.clock = Throughput(self.step, self.total)
+        self.bar = progress(total=self.total, initial=self.step, desc=stage)
+        self.last: Path | None = None
+
+    def __iter__(self) -> Iterator[dict]:
+        device = self.accelerator.device
+        while self.step < self.total:
+            batch = next(self.stream)
+            for opt in self.optimizers.values():
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(self.step, self.settings)
+            yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def backward_step(
+        self,
+        loss: torch.Tensor,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        clip: bool = True,
+    ) -> None:
+        """Backward, gradient clipping (when the accumulated gradients sync), step, zero."""
+        finite_or_raise(loss, self.step)
+        self.accelerator.backward(loss)
+        if clip and self.settings.grad_clip and self.accelerator.sync_gradients:
+            self.accelerator.clip_grad_norm_(module.parameters(), self.settings.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def end_step(self, logs: dict[str, float]) -> None:
+        self.step += 1
+        self.bar.update(1)
+        if self.step % self.cfg.train.log_every == 0 or self.step == self.total:
+            logs["lr"] = next(iter(self.optimizers.values())).param_groups[0]["lr"]
+            self.logger.log(self.step, logs)
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", left=self.clock.eta(self.step))
+            if self.bar.disable:  # no progress bar (not a terminal): a log line instead
+                log.info(
+                    "%s step %d/%d loss %.4f (%s left)",
+                    self.kind,
+                    self.step,
+                    self.total,
+                    logs["loss"],
+                    self.clock.eta(self.step),
+                )
+        if self.step % self.cfg.train.checkpoint_every == 0 or self.step == self.total:
+            self.last = save_training_checkpoint(
+                self.accelerator,
+                self.run,
+                self.cfg,
+                self.kind,
+                self.step,
+                self.modules,
+                self.optimizers,
+                extra_metadata=self.extra_metadata,
+            )
+
+    def due(self, every: int) -> bool:
+        """True on the steps where something done every ``every`` steps (and at the end) runs."""
+        return self.step % every == 0 or self.step == self.total
+
+    def close(self) -> Path:
+        self.bar.close()
+        self.logger.close()
+        self.accelerator.end_training()
+        return self.last if self.last is not None else self.run
 
 
 def run_config(run: Path, config: str | None, overrides: list[str], resume: bool) -> Config:

@@ -18,23 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmldm.config import Config
-from mmldm.console import progress
 from mmldm.data.latents import LatentCacheError, LatentDataset
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod
 from mmldm.models.dit import DiTInputs, MultiModalDiT
-from mmldm.run import RunLogger
-from mmldm.train.common import (
-    EpochSampler,
-    Throughput,
-    batches,
-    ema_update,
-    finite_or_raise,
-    lr_at,
-    make_accelerator,
-    make_optimizer,
-    resume_training,
-    save_training_checkpoint,
-)
+from mmldm.train.common import TrainingLoop, ema_update, make_accelerator, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +92,7 @@ def train_generator(
     """Train the DiT on a latent cache into ``run``; returns the last checkpoint's folder."""
     run = Path(run)
     stage = cfg.train.generator
-    total = max_steps or stage.max_steps
     accelerator = make_accelerator(cfg, stage)
-    device = accelerator.device
     dataset = LatentDataset(latents)
     check_latents_match(cfg, dataset)
     if cfg.dit.long and not any(p >= 0 for p in dataset.prev):
@@ -120,79 +105,32 @@ def train_generator(
     opt = make_optimizer(model.parameters(), stage)
     model, opt = accelerator.prepare(model, opt)
     if ema is not None:
-        ema.to(device)
+        ema.to(accelerator.device)
     modules: dict = {"dit": model, "latent_stats": dataset.stats.state_dict()}
     if ema is not None:
         modules["ema"] = ema
-    optimizers = {"dit": opt}
     metadata = {
         "mmldm.autoencoder": dataset.meta["autoencoder"],
         "mmldm.autoencoder_fingerprint": dataset.meta["autoencoder_fingerprint"],
     }
-    step = 0
-    if resume:
-        step = resume_training(
-            accelerator,
-            run,
-            "generator",
-            {k: m for k, m in modules.items() if isinstance(m, nn.Module)},
-            optimizers,
-        )
-    abar = alphas_cumprod(cfg.diffusion).to(device)
-    sampler = EpochSampler(
-        len(dataset),
-        cfg.train.seed,
-        accelerator.process_index,
-        accelerator.num_processes,
-        stage.batch_size,
+    loop = TrainingLoop(
+        accelerator,
+        cfg,
+        "generator",
+        run,
+        dataset,
+        modules,
+        {"dit": opt},
+        resume=resume,
+        max_steps=max_steps,
+        extra_metadata=metadata,
     )
-    stream = batches(dataset, sampler, stage.batch_size, 0, step)
-    logger = RunLogger(
-        run, cfg, resume_step=step if resume else None, main_process=accelerator.is_main_process
-    )
-    clock = Throughput(step, total)
-    bar = progress(total=total, initial=step, desc="generator")
-    last = None
-    while step < total:
-        batch = {k: v.to(device) for k, v in next(stream).items()}
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, stage)
+    abar = alphas_cumprod(cfg.diffusion).to(accelerator.device)
+    for batch in loop:
         with accelerator.accumulate(model), accelerator.autocast():
             loss, logs = generator_loss(model, batch, cfg, abar)
-            finite_or_raise(loss, step)
-            accelerator.backward(loss)
-            if stage.grad_clip and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), stage.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            loop.backward_step(loss, model, opt)
         if ema is not None and accelerator.sync_gradients:
             ema_update(ema, accelerator.unwrap_model(model), stage.ema_decay)
-        step += 1
-        bar.update(1)
-        if step % cfg.train.log_every == 0 or step == total:
-            logs["lr"] = opt.param_groups[0]["lr"]
-            logger.log(step, logs)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", left=clock.eta(step))
-            if bar.disable:
-                log.info(
-                    "generator step %d/%d loss %.4f (%s left)",
-                    step,
-                    total,
-                    logs["loss"],
-                    clock.eta(step),
-                )
-        if step % cfg.train.checkpoint_every == 0 or step == total:
-            last = save_training_checkpoint(
-                accelerator,
-                run,
-                cfg,
-                "generator",
-                step,
-                modules,
-                optimizers,
-                extra_metadata=metadata,
-            )
-    bar.close()
-    logger.close()
-    accelerator.end_training()
-    return last if last is not None else run
+        loop.end_step(logs)
+    return loop.close()

@@ -17,22 +17,9 @@ from torch import nn
 
 from mmldm.audio.mel import MelSettings, mel_spectrogram, mel_to_audio_image
 from mmldm.config import Config
-from mmldm.console import progress
-from mmldm.data.dataset import SoundingVideoDataset
 from mmldm.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from mmldm.models.vae import load_vae
-from mmldm.run import RunLogger
-from mmldm.train.common import (
-    EpochSampler,
-    Throughput,
-    batches,
-    finite_or_raise,
-    lr_at,
-    make_accelerator,
-    make_optimizer,
-    resume_training,
-    save_training_checkpoint,
-)
+from mmldm.train.common import TrainingLoop, make_accelerator, make_optimizer, training_dataset
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +90,8 @@ def train_vae(
     """Train stage 0 into ``run``; returns the last checkpoint's folder."""
     run = Path(run)
     stage = cfg.train.vae
-    total = max_steps or stage.max_steps
     accelerator = make_accelerator(cfg, stage)
-    device = accelerator.device
-    dataset = SoundingVideoDataset(data, cfg.data, cache_dir=cache_dir)
-    if cache_dir is not None:  # decode every video once, then train on arrays
-        if accelerator.is_main_process:
-            dataset.preprocess()
-        accelerator.wait_for_everyone()
+    dataset = training_dataset(data, cfg, cache_dir, accelerator)
     vae = load_vae(cfg.vae)
     if cfg.vae.train_decoder_only:  # the paper: encoder frozen, so its latents keep their meaning
         vae.encoder.requires_grad_(False)
@@ -118,7 +99,7 @@ def train_vae(
     objective = VAEObjective(vae, cfg)
     opt = make_optimizer(vae.parameters(), stage)
     modules: dict[str, nn.Module] = {"vae": vae}
-    optimizers: dict[str, torch.optim.Optimizer] = {"vae": opt}
+    optimizers: dict[str, torch.optim.Optimizer] = {}
     disc = PatchDiscriminator() if cfg.vae.disc_weight > 0 else None
     if disc is not None:
         disc_opt = make_optimizer(disc.parameters(), stage)
@@ -127,58 +108,31 @@ def train_vae(
         accelerator.unwrap_model(objective).aux["discriminator"] = accelerator.unwrap_model(disc)
     else:
         objective, opt = accelerator.prepare(objective, opt)
-    optimizers["vae"] = opt
-    step = resume_training(accelerator, run, "vae", modules, optimizers) if resume else 0
-    sampler = EpochSampler(
-        len(dataset),
-        cfg.train.seed,
-        accelerator.process_index,
-        accelerator.num_processes,
-        stage.batch_size,
+    optimizers = {"vae": opt, **optimizers}
+    loop = TrainingLoop(
+        accelerator,
+        cfg,
+        "vae",
+        run,
+        dataset,
+        modules,
+        optimizers,
+        resume=resume,
+        max_steps=max_steps,
+        num_workers=cfg.data.num_workers,
     )
-    stream = batches(dataset, sampler, stage.batch_size, cfg.data.num_workers, step)
-    logger = RunLogger(
-        run, cfg, resume_step=step if resume else None, main_process=accelerator.is_main_process
-    )
-    clock = Throughput(step, total)
-    bar = progress(total=total, initial=step, desc="vae")
-    last = None
-    while step < total:
-        batch = next(stream)
-        images = clip_images(cfg, batch["video"].to(device), batch["audio"].to(device))
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, stage)
+    for batch in loop:
+        images = clip_images(cfg, batch["video"], batch["audio"])
         with accelerator.accumulate(objective), accelerator.autocast():
             loss, logs, recon = objective(images)
-            finite_or_raise(loss, step)
-            accelerator.backward(loss)
-            if stage.grad_clip and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(objective.parameters(), stage.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            loop.backward_step(loss, objective, opt)
         if disc is not None:
-            disc_opt.zero_grad(set_to_none=True)
+            disc_opt.zero_grad(set_to_none=True)  # drop what the generator term left there
             with accelerator.accumulate(disc), accelerator.autocast():
                 d_loss = hinge_d_loss(disc(images), disc(recon.detach()))
-                accelerator.backward(d_loss)
-                disc_opt.step()
-                disc_opt.zero_grad(set_to_none=True)
+                loop.backward_step(d_loss, disc, disc_opt, clip=False)
             logs["loss_gan_d"] = d_loss.item()
-        step += 1
-        bar.update(1)
-        if step % cfg.train.log_every == 0 or step == total:
-            logs["lr"] = opt.param_groups[0]["lr"]
-            logger.log(step, logs)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", left=clock.eta(step))
-            if bar.disable:
-                log.info(
-                    "vae step %d/%d loss %.4f (%s left)", step, total, logs["loss"], clock.eta(step)
-                )
-        if step == total and not cfg.vae.train_decoder_only:
-            cfg = calibrated_scaling(cfg, accelerator.unwrap_model(objective).vae, images)
-        if step % cfg.train.checkpoint_every == 0 or step == total:
-            last = save_training_checkpoint(accelerator, run, cfg, "vae", step, modules, optimizers)
-    bar.close()
-    logger.close()
-    accelerator.end_training()
-    return last if last is not None else run
+        if loop.step + 1 == loop.total and not cfg.vae.train_decoder_only:
+            loop.cfg = calibrated_scaling(cfg, accelerator.unwrap_model(objective).vae, images)
+        loop.end_step(logs)
+    return loop.close()
