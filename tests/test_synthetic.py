@@ -32,8 +32,12 @@ from mmldm.data.synthetic import (
     synthesize_dataset,
 )
 
-DEMO = load_config("demo").data  # K=4, 8 frames at 8 fps, 64x64, 16 kHz
-DEMO8 = load_config("demo", ["data.num_classes=8"]).data
+# K=4, 8 frames at 8 fps, 64x64, 16 kHz, full-band mel (independent of the demo preset's
+# choices, which are tuned for training speed)
+FULL_BAND = ["data.resolution=64", "data.n_mels=80", "data.fmin=0.0", "data.fmax=8000.0"]
+DEMO = load_config("demo", FULL_BAND).data
+S = DEMO.resolution
+DEMO8 = load_config("demo", [*FULL_BAND, "data.num_classes=8"]).data
 TINY = load_config("tiny").data  # K=3, 4 frames at 10 fps, 32x32
 CLICK_TOLERANCE = 0.010  # seconds
 MIN_GAP = 0.05  # detect_clicks' default: closer bounces give one click
@@ -119,12 +123,13 @@ def demo8_set(tmp_path_factory):
 def test_cli_writes_readable_clips_with_ground_truth(tmp_path):
     out = tmp_path / "synth"
     argv = ["synth-data", "--out", str(out), "--num-clips", "8", "--seed", "3", "--config", "demo"]
+    argv += [arg for setting in FULL_BAND for arg in ("--set", setting)]
     assert main(argv) == 0
     table = class_table(4)
     mp4s = sorted(out.glob("*/*.mp4"))
     assert len(mp4s) == 8
     assert sorted(p.name for p in out.iterdir()) == [c["name"] for c in table]
-    radius = ball_radius(64)
+    radius = ball_radius(S)
     for path in mp4s:
         truth = json.loads(path.with_suffix(".json").read_text())
         k = truth["class_index"]
@@ -132,11 +137,11 @@ def test_cli_writes_readable_clips_with_ground_truth(tmp_path):
         assert truth["seed"] == 3 and truth["video"] == path.name
         assert truth["fps"] == 8.0 and truth["sample_rate"] == 16000
         assert truth["duration"] == 2.0 and truth["num_frames"] == 16
-        assert truth["resolution"] == [64, 64] and truth["radius"] == radius
+        assert truth["resolution"] == [S, S] and truth["radius"] == radius
         assert truth["classes"] == json.loads(json.dumps(table))
         assert len(truth["trajectory"]) == len(truth["pitch_hz"]) == 16
         xy = np.asarray(truth["trajectory"])
-        assert xy.min() >= radius - 1e-9 and xy.max() <= 64 - radius + 1e-9
+        assert xy.min() >= radius - 1e-9 and xy.max() <= S - radius + 1e-9
         low, high = table[k]["pitch_range_hz"]
         assert all(low - 1e-6 <= f <= high + 1e-6 for f in truth["pitch_hz"])
         for bounce in truth["bounces"]:
@@ -144,7 +149,7 @@ def test_cli_writes_readable_clips_with_ground_truth(tmp_path):
             assert bounce["wall"] in {"left", "right", "top", "bottom"}
 
         media = read_media(path, sample_rate=16000)
-        assert media.frames.shape == (16, 64, 64, 3) and media.fps == pytest.approx(8.0)
+        assert media.frames.shape == (16, S, S, 3) and media.fps == pytest.approx(8.0)
         np.testing.assert_allclose(media.frame_times, np.arange(16) / 8.0, atol=1e-3)
         assert abs(media.audio.size - 32000) <= 1024 + 800  # AAC pads to whole frames
         exact = read_media(path, sample_rate=16000, duration=2.0)
@@ -246,7 +251,7 @@ def test_class_table_is_stable_distinct_and_separated():
         with pytest.raises(ValueError):
             class_table(bad)
     with pytest.raises(ValueError, match="09_chartreuse"):
-        check_pitches(load_config("demo", ["data.num_classes=10"]).data)
+        check_pitches(load_config("demo", [*FULL_BAND, "data.num_classes=10"]).data)
 
 
 # --------------------------------------------------------------------------------------------

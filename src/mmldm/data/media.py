@@ -407,8 +407,10 @@ def write_video(
         with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
             vstream = out.add_stream("libx264", rate=rate)
             vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
-            vstream.options = {"crf": str(crf), "preset": "medium"}
-            vstream.thread_count = 1  # threaded x264 gave different bytes for the same frames
+            # one encoder thread: threaded x264 gave different bytes (and decoded frames) for
+            # the same input, and the same seed must give the same files
+            vstream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+            vstream.codec_context.thread_count = 1
             astream = None
             if audio is not None:
                 astream = out.add_stream("aac", rate=sample_rate, layout="mono")

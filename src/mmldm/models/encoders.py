@@ -50,6 +50,18 @@ class DiagonalGaussian:
         return kl.flatten(1).sum(dim=1)
 
 
+def small_posterior(conv: nn.Conv2d, latent_channels: int, logvar: float = -6.0) -> nn.Conv2d:
+    """Initialise the log-variance half of a moments conv to ``logvar`` (std 0.05).
+
+    With the paper's tiny KL weight nothing pulls a unit-variance posterior down but the
+    reconstruction loss, slowly: until then z is mostly noise and the decoder learns to ignore
+    it. Starting nearly deterministic lets z carry the signal from the first steps.
+    """
+    with torch.no_grad():
+        conv.bias[latent_channels:].fill_(logvar)
+    return conv
+
+
 class VideoEncoder(nn.Module):
     """``[B, K, Cin, h, w]`` key-frame latents -> moments ``[B, 2C, h / 2^(L-1), ...]``."""
 
@@ -83,9 +95,8 @@ class VideoEncoder(nn.Module):
                 ch = width
             if level < len(widths) - 1:
                 self.blocks.append(Downsample(ch))
-        self.out = nn.Sequential(
-            group_norm(ch), nn.SiLU(), nn.Conv2d(ch, 2 * latent_channels, 3, padding=1)
-        )
+        moments = small_posterior(nn.Conv2d(ch, 2 * latent_channels, 3, padding=1), latent_channels)
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), moments)
 
     def forward(self, key_latents: torch.Tensor) -> DiagonalGaussian:
         b = key_latents.shape[0]
@@ -120,7 +131,8 @@ class AudioEncoder(nn.Module):
                 ch = width
             if level < len(widths) - 1:
                 layers.append(Downsample(ch))
-        layers += [group_norm(ch), nn.SiLU(), nn.Conv2d(ch, 2 * latent_channels, 3, padding=1)]
+        moments = small_posterior(nn.Conv2d(ch, 2 * latent_channels, 3, padding=1), latent_channels)
+        layers += [group_norm(ch), nn.SiLU(), moments]
         self.net = nn.Sequential(*layers)
 
     def forward(self, latent: torch.Tensor) -> DiagonalGaussian:
