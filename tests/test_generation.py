@@ -149,6 +149,8 @@ def test_generator_checkpoint(trained):
     ckpt = load_checkpoint(trained["gen"], kind="generator")
     assert set(ckpt.modules) == {"dit", "ema", "latent_stats"}
     assert ckpt.config.dit.long and ckpt.step == 2
+    samples = trained["gen"] / "samples" / "step_00000002"  # written while training
+    assert probe(samples / "svg_0000.mp4").has_audio and list(samples.glob("svg_sheet_*.png"))
 
 
 @pytest.fixture(scope="module")

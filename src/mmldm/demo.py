@@ -47,12 +47,12 @@ class Stages:
     # rough shares of the total time on a 2-core CPU, for the estimate
     WEIGHTS = {
         "data": 1,
-        "vae": 12,
-        "autoencoder": 40,
-        "latents": 2,
-        "generator": 25,
-        "samples": 15,
-        "evaluate": 3,
+        "vae": 28,
+        "autoencoder": 30,
+        "latents": 1,
+        "generator": 44,
+        "samples": 5,
+        "evaluate": 1,
         "gallery": 1,
     }
 

@@ -14,9 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -31,7 +29,7 @@ from mmldm.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from mmldm.config import Config, StageTrainConfig, config_to_yaml, load_config
+from mmldm.config import Config, StageTrainConfig, load_config
 from mmldm.console import progress
 from mmldm.run import RunLogger
 
@@ -138,14 +136,6 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)  # one fused update, not one per tensor
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
-
-
-@dataclass
-class TrainState:
-    """Counters carried across a resume."""
-
-    step: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def save_training_checkpoint(
@@ -378,10 +368,6 @@ class Throughput:
             return "?"
         left = (time.perf_counter() - self.t0) / done * (self.max_steps - step)
         return f"{int(left // 60)}m{int(left % 60):02d}s"
-
-
-def log_config(cfg: Config) -> None:
-    log.info("resolved config (%s):\n%s", cfg.name, config_to_yaml(cfg).rstrip())
 
 
 def finite_or_raise(loss: torch.Tensor, step: int) -> None:

@@ -126,6 +126,7 @@ def train_generator(
         extra_metadata=metadata,
     )
     abar = alphas_cumprod(cfg.diffusion).to(accelerator.device)
+    samples = TrainingSamples(cfg, dataset)
     for batch in loop:
         with accelerator.accumulate(model), accelerator.autocast():
             loss, logs = generator_loss(model, batch, cfg, abar)
@@ -133,4 +134,42 @@ def train_generator(
         if ema is not None and accelerator.sync_gradients:
             ema_update(ema, accelerator.unwrap_model(model), stage.ema_decay)
         loop.end_step(logs)
+        if loop.due(cfg.train.sample_every):
+            if accelerator.is_main_process:
+                samples.write(
+                    ema if ema is not None else accelerator.unwrap_model(model),
+                    run / "samples" / f"step_{loop.step:08d}",
+                )
+            accelerator.wait_for_everyone()
     return loop.close()
+
+
+class TrainingSamples:
+    """Sounding videos from the generator while it trains (svg, decoded with the autoencoder
+    the latents came from; skipped with a warning when that checkpoint is not there)."""
+
+    def __init__(self, cfg: Config, dataset: LatentDataset, num: int = 2) -> None:
+        self.cfg, self.dataset, self.num = cfg, dataset, num
+        self.parts = None
+
+    def write(self, dit: MultiModalDiT, folder: Path) -> None:
+        from mmldm.audio.vocoder import load_vocoder_from_config
+        from mmldm.decode import load_autoencoder
+        from mmldm.pipeline import MMLDMPipeline
+
+        if self.parts is None:
+            path = Path(self.dataset.meta["autoencoder"])
+            if not path.exists():
+                log.warning("no samples: the autoencoder %s is not there", path)
+                self.parts = ()
+                return
+            model, vae, ae_cfg = load_autoencoder(path, device=dit.eos_a.device)
+            self.parts = (model, vae, load_vocoder_from_config(ae_cfg).to(dit.eos_a.device))
+        if not self.parts:
+            return
+        was_training = dit.training
+        dit.eval()
+        pipe = MMLDMPipeline(dit, self.dataset.stats, *self.parts, self.cfg)
+        pipe.save(pipe.generate("svg", self.num, seed=0), folder)
+        dit.train(was_training)
+        log.info("wrote generator samples to %s", folder)
