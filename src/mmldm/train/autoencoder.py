@@ -30,7 +30,13 @@ from mmldm.models.discriminator import (
 from mmldm.models.signal_decoder import load_pretrained_unet
 from mmldm.models.vae import decode as vae_decode
 from mmldm.models.vae import load_vae
-from mmldm.train.common import TrainingLoop, make_accelerator, make_optimizer, training_dataset
+from mmldm.train.common import (
+    TrainingLoop,
+    make_accelerator,
+    make_optimizer,
+    prepare_with_discriminator,
+    training_dataset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -237,15 +243,14 @@ def train_autoencoder(
     disc = TripletDiscriminator(cfg.discriminator) if cfg.autoencoder.gan_weight > 0 else None
     modules: dict[str, nn.Module] = {"autoencoder": model, "vae": vae}
     optimizers: dict[str, torch.optim.Optimizer] = {}
+    objective, opt, disc, disc_opt = prepare_with_discriminator(
+        accelerator, objective, opt, disc, stage
+    )
     if disc is not None:
-        disc_opt = make_optimizer(disc.parameters(), stage)
-        objective, opt, disc, disc_opt = accelerator.prepare(objective, opt, disc, disc_opt)
         modules["discriminator"], optimizers["discriminator"] = disc, disc_opt
         accelerator.unwrap_model(objective).aux.update(
             vae=vae, discriminator=accelerator.unwrap_model(disc)
         )
-    else:
-        objective, opt = accelerator.prepare(objective, opt)
     optimizers = {"autoencoder": opt, **optimizers}
     loop = TrainingLoop(
         accelerator,

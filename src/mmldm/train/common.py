@@ -210,6 +210,22 @@ def resume_training(
     return ckpt.step
 
 
+def prepare_with_discriminator(
+    accelerator: Accelerator,
+    objective: nn.Module,
+    opt,
+    disc: nn.Module | None,
+    stage: StageTrainConfig,
+):
+    """accelerate-prepare an objective and its optimizer, plus, when given, a discriminator with
+    an optimizer of its own. Returns (objective, opt, disc, disc_opt); the last two may be None."""
+    if disc is None:
+        objective, opt = accelerator.prepare(objective, opt)
+        return objective, opt, None, None
+    disc_opt = make_optimizer(disc.parameters(), stage)
+    return accelerator.prepare(objective, opt, disc, disc_opt)
+
+
 def training_dataset(data, cfg: Config, cache_dir, accelerator: Accelerator):
     """The clips of ``data``; with a cache folder, every video is decoded into it once first."""
     from mmldm.data.dataset import SoundingVideoDataset

@@ -19,7 +19,13 @@ from mmldm.audio.mel import MelSettings, mel_spectrogram, mel_to_audio_image
 from mmldm.config import Config
 from mmldm.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from mmldm.models.vae import load_vae
-from mmldm.train.common import TrainingLoop, make_accelerator, make_optimizer, training_dataset
+from mmldm.train.common import (
+    TrainingLoop,
+    make_accelerator,
+    make_optimizer,
+    prepare_with_discriminator,
+    training_dataset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +107,12 @@ def train_vae(
     modules: dict[str, nn.Module] = {"vae": vae}
     optimizers: dict[str, torch.optim.Optimizer] = {}
     disc = PatchDiscriminator() if cfg.vae.disc_weight > 0 else None
+    objective, opt, disc, disc_opt = prepare_with_discriminator(
+        accelerator, objective, opt, disc, stage
+    )
     if disc is not None:
-        disc_opt = make_optimizer(disc.parameters(), stage)
-        objective, opt, disc, disc_opt = accelerator.prepare(objective, opt, disc, disc_opt)
         modules["discriminator"], optimizers["discriminator"] = disc, disc_opt
         accelerator.unwrap_model(objective).aux["discriminator"] = accelerator.unwrap_model(disc)
-    else:
-        objective, opt = accelerator.prepare(objective, opt)
     optimizers = {"vae": opt, **optimizers}
     loop = TrainingLoop(
         accelerator,
