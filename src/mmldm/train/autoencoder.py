@@ -202,7 +202,11 @@ def write_reconstructions(
     out = decode_latents(
         model, vae, vocoder, z_a, z_v, generator=torch.Generator(video.device).manual_seed(0)
     )
-    inputs = vae_inputs(vae, cfg, video, audio, num_targets=0)
+    from mmldm.audio.mel import MelSettings, mel_spectrogram, mel_to_audio_image
+
+    # the originals' audio images for the grid (no second VAE pass: only the mel is needed)
+    mel = mel_spectrogram(audio, MelSettings.from_config(cfg.data))
+    audio_images = mel_to_audio_image(mel, cfg.data.resolution)
     rows, labels = [], []
     for i in range(len(video)):
         write_video(
@@ -212,7 +216,7 @@ def write_reconstructions(
             out.wave[i].cpu().numpy(),
             out.sample_rate,
         )
-        rows += [[*video[i], inputs.audio_image[i]], [*out.frames[i], out.audio_image[i]]]
+        rows += [[*video[i], audio_images[i]], [*out.frames[i], out.audio_image[i]]]
         labels += [f"clip {i}", f"recon {i}"]
     save_grid(rows, folder / "grid.png", labels)
     model.train(was_training)
