@@ -91,6 +91,27 @@ def test_adversarial_generator_loss_alone_reaches_the_decoder(setup):
     assert not _grads(model.decoder)
 
 
+def test_more_target_frames_per_clip(setup):
+    """autoencoder.target_frames frames per clip train the decoder; the discriminator judges
+    two of them, in time order, against the same two real frames."""
+    cfg, model, vae, disc, _, labels = setup
+    g = torch.Generator().manual_seed(2)
+    # each frame a constant grey whose level names its index, to check which frames were paired
+    f = cfg.data.num_frames
+    video = torch.linspace(-1, 1, f).view(1, f, 1, 1, 1).expand(3, f, 3, 32, 32)
+    audio = 0.3 * torch.sin(torch.arange(6400) / 16000 * 2 * torch.pi * 440).expand(3, -1)
+    inputs = vae_inputs(vae, cfg, video, audio, 4, generator=g)
+    assert inputs.target_latents.shape[:2] == (3, 4)
+    assert (inputs.target_index.diff(dim=1) > 0).all()
+    torch.manual_seed(0)
+    _, _, gan = autoencoder_loss(model, inputs, labels, cfg, vae=vae, discriminator=disc)
+    assert gan.frames.shape[1] == gan.frames_hat.shape[1] == 2
+    level = gan.frames[:, :, 0, 0, 0]  # [B, 2] grey levels = frame indices
+    assert (level[:, 1] > level[:, 0]).all()
+    picked = inputs.target_frames[:, :, 0, 0, 0]  # [B, 4]
+    assert all(set(level[i].tolist()) <= set(picked[i].tolist()) for i in range(3))
+
+
 def test_conditioning_weight_matrices_get_gradients(setup):
     """DESIGN.md 8.1: the content and semantic MLPs learn (only their last layer starts at 0)."""
     cfg, model, vae, disc, inputs, labels = setup

@@ -80,8 +80,16 @@ def test_condition_is_used_and_zero_condition_is_unconditional():
     assert torch.equal(v0, vu)  # zeros are exactly the unconditional model
 
 
-def test_loss_falls_on_a_fixed_batch():
-    cfg = load_config("tiny", ["dit.long=true", "dit.class_conditional=true"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_falls_on_a_fixed_batch(prediction_type):
+    cfg = load_config(
+        "tiny",
+        [
+            "dit.long=true",
+            "dit.class_conditional=true",
+            f"diffusion.prediction_type={prediction_type}",
+        ],
+    )
     torch.manual_seed(0)
     model = MultiModalDiT(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)

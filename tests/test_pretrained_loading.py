@@ -63,6 +63,24 @@ def test_vae_from_diffusers_folder(tmp_path, cfg):
         assert _same_outputs(vae, loaded)
 
 
+def test_a_pretrained_vae_brings_its_latent_scale(tmp_path, cfg):
+    """SDXL-style VAEs use another scale than SD 1.x's 0.18215: the loaded VAE's own value
+    ends up in the config that later stages store."""
+    from mmldm.models.vae import adopt_vae_scaling
+
+    torch.manual_seed(0)
+    vae = build_vae(cfg.vae)
+    vae.register_to_config(scaling_factor=0.13025)
+    vae.save_pretrained(tmp_path / "vae")
+    run_cfg = load_config("tiny", [f"vae.pretrained={tmp_path / 'vae'}"])
+    assert run_cfg.vae.scaling_factor == 0.18215
+    loaded = load_vae(run_cfg.vae)
+    adopted = adopt_vae_scaling(run_cfg, loaded)
+    assert adopted.vae.scaling_factor == pytest.approx(0.13025)
+    assert adopted.dit == run_cfg.dit and adopted.vae.pretrained == run_cfg.vae.pretrained
+    assert adopt_vae_scaling(adopted, loaded) is adopted  # nothing to change
+
+
 @pytest.mark.parametrize("fmt", ["ckpt", "safetensors"])
 def test_vae_from_original_single_file(tmp_path, cfg, fmt):
     torch.manual_seed(0)

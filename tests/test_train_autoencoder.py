@@ -245,7 +245,20 @@ def test_train_vae_from_scratch_and_load(synth, tmp_path):
         )
         == 0
     )
-    assert load_checkpoint(ae_run).config.vae.pretrained == str(run)
+    ae_cfg = load_checkpoint(ae_run).config
+    assert ae_cfg.vae.pretrained == str(run)
+    # the autoencoder's stored config carries the VAE's own scale, so sampling and latent
+    # caching (which rebuild the VAE from it) make the latents it was trained on
+    assert ae_cfg.vae.scaling_factor == pytest.approx(ckpt.config.vae.scaling_factor)
+    from mmldm.decode import load_autoencoder
+    from mmldm.models.vae import encode
+
+    _, ae_vae, _ = load_autoencoder(ae_run)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(
+            encode(ae_vae, images, sample=False), encode(vae, images, sample=False), atol=1e-6
+        )
 
 
 def test_decoding_is_batched_seeded_and_solver_agnostic(synth, tmp_path):

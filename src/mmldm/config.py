@@ -281,11 +281,14 @@ class DiffusionConfig:
     beta_schedule: str = "scaled_linear"  # scaled_linear | linear
     beta_start: float = 0.00085
     beta_end: float = 0.012
+    # what the networks output: "epsilon" (the paper) or "v_prediction" (v = sqrt(abar) eps -
+    # sqrt(1 - abar) x0, Salimans & Ho 2022), which weighs the high-noise steps more: there a
+    # small model learns faster what one modality says about the other
     prediction_type: str = "epsilon"
 
     def __post_init__(self) -> None:
         _choice(self.beta_schedule, ("scaled_linear", "linear"), "diffusion.beta_schedule")
-        _choice(self.prediction_type, ("epsilon",), "diffusion.prediction_type")
+        _choice(self.prediction_type, ("epsilon", "v_prediction"), "diffusion.prediction_type")
         _positive(self, "diffusion", "num_train_timesteps", "beta_start", "beta_end")
         if not self.beta_start < self.beta_end < 1:
             raise ConfigError("config keys 'diffusion.beta_start' < 'diffusion.beta_end' < 1")
@@ -404,6 +407,11 @@ class Config:
             )
         if ae.target_frames > data.num_frames:
             raise ConfigError("config key 'autoencoder.target_frames' exceeds data.num_frames")
+        if ae.gan_weight > 0 and ae.target_frames < 2:
+            raise ConfigError(
+                "config key 'autoencoder.target_frames' must be >= 2 with the adversarial loss "
+                "(autoencoder.gan_weight > 0): the discriminator judges frame pairs"
+            )
         factor = self.vae.downsample * max(ae.video_downsample, ae.audio_downsample)
         if data.resolution % factor:
             raise ConfigError(

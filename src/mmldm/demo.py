@@ -58,21 +58,25 @@ class Stages:
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
-        self.done_weight = 0.0
+        self.ran = 0.0  # weight of the stages run (not skipped) so far
+        self.left = float(sum(self.WEIGHTS.values()))  # weight of the stages still to come
+        self.skipped: set[str] = set()
 
     def start(self, name: str, skipped: bool = False) -> None:
         i = STAGES.index(name) + 1
         elapsed = time.perf_counter() - self.t0
-        total = sum(self.WEIGHTS.values())
         left = ""
-        if self.done_weight and not skipped:
-            rate = elapsed / self.done_weight
-            left = f", about {rate * (total - self.done_weight) / 60:.1f} min left"
+        if self.ran and not skipped:  # the pace of the stages run in this call
+            left = f", about {elapsed / self.ran * self.left / 60:.1f} min left"
+        if skipped:
+            self.skipped.add(name)
         state = "already done, skipped" if skipped else "running"
         log.info("[%d/%d] %s: %s (%.0f s elapsed%s)", i, len(STAGES), name, state, elapsed, left)
 
     def finish(self, name: str) -> None:
-        self.done_weight += self.WEIGHTS[name]
+        self.left -= self.WEIGHTS[name]
+        if name not in self.skipped:
+            self.ran += self.WEIGHTS[name]
 
 
 def run_demo(out: str | Path, config: str = "demo", overrides: list[str] | None = None) -> Path:

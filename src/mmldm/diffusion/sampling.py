@@ -2,7 +2,8 @@
 
 ``eps_fn(x_t, t) -> eps`` is the model (guidance included by the caller); the scheduler is a
 diffusers scheduler from :func:`mmldm.diffusion.schedule.make_sampler`, so DDIM and DPM-Solver
-share this loop.
+share this loop. With ``diffusion.prediction_type = v_prediction`` the model returns v instead of
+eps; the scheduler is built with the same type, and guidance, being linear, applies unchanged.
 """
 
 from __future__ import annotations

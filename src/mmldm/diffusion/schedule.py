@@ -2,6 +2,8 @@
 
 Forward process, as DDPM and the published code (not the paper's eq. 6 typo, DESIGN.md 8.6):
     x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * eps
+The networks predict eps (the paper) or, with ``diffusion.prediction_type = v_prediction``,
+    v = sqrt(alpha_bar_t) * eps - sqrt(1 - alpha_bar_t) * x_0      (Salimans & Ho 2022)
 """
 
 from __future__ import annotations
@@ -42,16 +44,41 @@ def add_noise(
     x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, abar: torch.Tensor
 ) -> torch.Tensor:
     """q(x_t | x_0): ``x0``, ``noise`` ``[N, ...]``, integer ``t`` ``[N]``, ``abar`` ``[T]``."""
-    a = abar.to(x0.device)[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+    a = _abar_at(abar, t, x0)
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
-def predict_x0(
-    x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, abar: torch.Tensor
+def _abar_at(abar: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return abar.to(like.device)[t].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def training_target(
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    abar: torch.Tensor,
+    prediction_type: str = "epsilon",
 ) -> torch.Tensor:
-    """The one-step estimate of x_0 from an eps prediction (inverts :func:`add_noise`)."""
-    a = abar.to(x_t.device)[t].to(x_t.dtype).view(-1, *([1] * (x_t.dim() - 1)))
-    return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+    """What the network learns to output for ``x_t = add_noise(x0, noise, t)``: eps, or v."""
+    if prediction_type == "epsilon":
+        return noise
+    a = _abar_at(abar, t, x0)
+    return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+
+def predict_x0(
+    x_t: torch.Tensor,
+    output: torch.Tensor,
+    t: torch.Tensor,
+    abar: torch.Tensor,
+    prediction_type: str = "epsilon",
+) -> torch.Tensor:
+    """The one-step estimate of x_0 from the network's output (inverts :func:`add_noise`):
+    eps: (x_t - sqrt(1 - abar) eps) / sqrt(abar); v: sqrt(abar) x_t - sqrt(1 - abar) v."""
+    a = _abar_at(abar, t, x_t)
+    if prediction_type == "epsilon":
+        return (x_t - (1 - a).sqrt() * output) / a.sqrt()
+    return a.sqrt() * x_t - (1 - a).sqrt() * output
 
 
 def make_sampler(cfg: DiffusionConfig, kind: str = "ddim"):

@@ -25,7 +25,7 @@ from mmldm.checkpoint import (
     read_metadata,
     resolve_checkpoint,
 )
-from mmldm.config import VAEConfig
+from mmldm.config import Config, VAEConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,28 @@ def load_vae(cfg: VAEConfig) -> AutoencoderKL:
             f"{cfg.downsample}"
         )
     return vae
+
+
+def adopt_vae_scaling(cfg: Config, vae: AutoencoderKL) -> Config:
+    """``cfg`` with ``vae.scaling_factor`` set to the loaded VAE's own.
+
+    A pretrained VAE brings its latent scale (Stable Diffusion's 0.18215, or the factor that
+    ``train-vae`` calibrated for a VAE trained from scratch). Every later stage stores this
+    config and rebuilds the VAE from it, so it must hold the scale the latents were made with:
+    a stale value rescales every latent at sampling time.
+    """
+    import dataclasses
+
+    factor = float(vae.config.scaling_factor)
+    if factor == cfg.vae.scaling_factor:
+        return cfg
+    log.info(
+        "vae.scaling_factor %.5f from the pretrained VAE %s (the config said %.5f)",
+        factor,
+        cfg.vae.pretrained,
+        cfg.vae.scaling_factor,
+    )
+    return dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, scaling_factor=factor))
 
 
 def _from_single_file(path: Path, cfg: VAEConfig) -> AutoencoderKL:

@@ -2,8 +2,9 @@
 
     L = L_mse + l_cl * L_cl + l_co * L_co + l_kl * (KL_a + KL_v) + l_gan * L_gan
 
-L_mse is the eps-prediction error of the signal decoder on 2 target frames per clip and on the
-audio image, with independent timesteps per modality. The adversarial term judges VAE-decoded
+L_mse is the eps-prediction error (or v's, ``diffusion.prediction_type``) of the signal decoder
+on ``autoencoder.target_frames`` frames per clip (2 in the paper) and on the audio image, with
+independent timesteps per modality. The adversarial term judges VAE-decoded
 one-step x_0 estimates WITH their gradient path to the decoder (DESIGN.md 8.2: the published
 code decoded them under no-grad, so its GAN never reached the decoder).
 """
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmldm.config import Config
-from mmldm.diffusion.schedule import add_noise, alphas_cumprod, predict_x0
+from mmldm.diffusion.schedule import add_noise, alphas_cumprod, predict_x0, training_target
 from mmldm.models.autoencoder import MultiModalAutoencoder, VAEInputs, vae_inputs
 from mmldm.models.discriminator import (
     TripletDiscriminator,
@@ -28,8 +29,8 @@ from mmldm.models.discriminator import (
     make_triplets,
 )
 from mmldm.models.signal_decoder import load_pretrained_unet
+from mmldm.models.vae import adopt_vae_scaling, load_vae
 from mmldm.models.vae import decode as vae_decode
-from mmldm.models.vae import load_vae
 from mmldm.train.common import (
     TrainingLoop,
     make_accelerator,
@@ -39,8 +40,6 @@ from mmldm.train.common import (
 )
 
 log = logging.getLogger(__name__)
-
-NUM_TARGETS = 2  # frames i < j drawn per clip (paper)
 
 
 @dataclass
@@ -73,7 +72,9 @@ def autoencoder_loss(
     """The autoencoder's loss on one batch.
 
     Args:
-        inputs: from :func:`vae_inputs` (``target_frames`` are used only with a discriminator).
+        inputs: from :func:`vae_inputs`: ``autoencoder.target_frames`` frames per clip (the
+            paper decodes 2); the discriminator sees two of them (``target_frames`` pixels are
+            used only with a discriminator).
         labels: ``[B]`` class indices (-1: unlabelled).
         vae, discriminator: given together to add the generator side of the adversarial loss.
     Returns:
@@ -104,8 +105,10 @@ def autoencoder_loss(
     t_v = torch.randint(0, len(abar), (b * n,), device=device)
     noise_a, noise_v = torch.randn_like(x0_a), torch.randn_like(x0_v)
     xt_a, xt_v = add_noise(x0_a, noise_a, t_a, abar), add_noise(x0_v, noise_v, t_v, abar)
-    eps_a, eps_v = model.decoder.predict_both(xt_a, t_a, cond_a, xt_v, t_v, cond_v)
-    mse_a, mse_v = F.mse_loss(eps_a.float(), noise_a), F.mse_loss(eps_v.float(), noise_v)
+    kind = cfg.diffusion.prediction_type  # the decoder outputs eps (paper) or v
+    out_a, out_v = model.decoder.predict_both(xt_a, t_a, cond_a, xt_v, t_v, cond_v)
+    mse_a = F.mse_loss(out_a.float(), training_target(x0_a, noise_a, t_a, abar, kind).float())
+    mse_v = F.mse_loss(out_v.float(), training_target(x0_v, noise_v, t_v, abar, kind).float())
     loss = mse_a + mse_v
     logs.update(loss_mse_audio=mse_a.item(), loss_mse_video=mse_v.item())
 
@@ -125,14 +128,16 @@ def autoencoder_loss(
 
     gan = None
     if discriminator is not None and vae is not None:
-        x0_hat_a = predict_x0(xt_a, eps_a, t_a, abar)
-        x0_hat_v = predict_x0(xt_v, eps_v, t_v, abar)
-        pixels = vae_decode(vae, torch.cat([x0_hat_a, x0_hat_v]))  # gradient flows through
+        # the triplet <a, v_i, v_j> (i < j) takes two of the n targets (increasing per clip)
+        pair = torch.randperm(n, device=device)[:2].sort().values
+        x0_hat_a = predict_x0(xt_a, out_a, t_a, abar, kind)
+        x0_hat_v = predict_x0(xt_v, out_v, t_v, abar, kind).unflatten(0, (b, n))[:, pair]
+        pixels = vae_decode(vae, torch.cat([x0_hat_a, x0_hat_v.flatten(0, 1)]))  # with gradient
         gan = GanInputs(
             audio=inputs.audio_image,
-            frames=inputs.target_frames,
+            frames=inputs.target_frames[:, pair],
             audio_hat=pixels[:b],
-            frames_hat=pixels[b:].unflatten(0, (b, n)),
+            frames_hat=pixels[b:].unflatten(0, (b, 2)),
         )
         _, fakes = gan.triplets(detach=False)
         g = hinge_g_loss(discriminator(fakes[:b]))  # <a^, v^_i, v^_j> should pass as real
@@ -238,6 +243,7 @@ def train_autoencoder(
     accelerator = make_accelerator(cfg, stage)
     dataset = training_dataset(data, cfg, cache_dir, accelerator)
     vae = load_vae(cfg.vae).to(accelerator.device).eval().requires_grad_(False)
+    cfg = adopt_vae_scaling(cfg, vae)  # stored in every checkpoint: sampling rebuilds the VAE
     model = MultiModalAutoencoder(cfg, cfg.train.gradient_checkpointing)
     if cfg.decoder.pretrained_unet and not resume:  # the paper starts from SD 1.x's UNet
         for unet in model.decoder.unets.values():
@@ -271,7 +277,7 @@ def train_autoencoder(
     for batch in loop:
         video, audio = batch["video"], batch["audio"]
         flip = torch.rand(len(video), device=video.device) < cfg.data.hflip_prob
-        inputs = vae_inputs(vae, cfg, video, audio, NUM_TARGETS, flip=flip)
+        inputs = vae_inputs(vae, cfg, video, audio, cfg.autoencoder.target_frames, flip=flip)
         gan_on = disc is not None and loop.step >= cfg.discriminator.start_step
         with accelerator.accumulate(objective), accelerator.autocast():
             loss, logs, gan = objective(inputs, batch["label"], gan_on)

@@ -1,6 +1,7 @@
 """Stage 2 training: the multi-modal DiT on cached latents (paper sec. 3.2-3.3, eq. 8).
 
-One timestep is shared by both modalities; loss = MSE(eps_a) + MSE(eps_v). The conditional tasks
+One timestep is shared by both modalities; loss = MSE(eps_a) + MSE(eps_v) (or of v with
+``diffusion.prediction_type = v_prediction``). The conditional tasks
 are learned by the same model: per sample, 5% audio-to-video (clean z_a given), 5% video-to-audio
 (clean z_v given), exclusive; otherwise the conditions are zeros. With ``dit.long`` the previous
 clip's latents are given, with the previous video dropped for 20% of the samples and the previous
@@ -19,7 +20,7 @@ from torch import nn
 
 from mmldm.config import Config
 from mmldm.data.latents import LatentCacheError, LatentDataset
-from mmldm.diffusion.schedule import add_noise, alphas_cumprod
+from mmldm.diffusion.schedule import add_noise, alphas_cumprod, training_target
 from mmldm.models.dit import DiTInputs, MultiModalDiT
 from mmldm.train.common import TrainingLoop, ema_update, make_accelerator, make_optimizer
 
@@ -63,8 +64,12 @@ def generator_loss(
         ).to(z_a.dtype)
         inputs.prev_a = batch["prev_a"] * keep_a.view(-1, 1, 1, 1)
         inputs.prev_v = batch["prev_v"] * keep_v.view(-1, 1, 1, 1)
-    eps_a, eps_v = model(inputs)
-    mse_a, mse_v = F.mse_loss(eps_a.float(), n_a.float()), F.mse_loss(eps_v.float(), n_v.float())
+    out_a, out_v = model(inputs)
+    kind = cfg.diffusion.prediction_type
+    target_a = training_target(z_a, n_a, t, abar, kind)
+    target_v = training_target(z_v, n_v, t, abar, kind)
+    mse_a = F.mse_loss(out_a.float(), target_a.float())
+    mse_v = F.mse_loss(out_v.float(), target_v.float())
     loss = mse_a + mse_v
     return loss, {"loss": loss.item(), "loss_audio": mse_a.item(), "loss_video": mse_v.item()}
 

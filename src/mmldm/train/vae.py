@@ -18,7 +18,7 @@ from torch import nn
 from mmldm.audio.mel import MelSettings, mel_spectrogram, mel_to_audio_image
 from mmldm.config import Config
 from mmldm.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
-from mmldm.models.vae import load_vae
+from mmldm.models.vae import adopt_vae_scaling, load_vae
 from mmldm.train.common import (
     TrainingLoop,
     make_accelerator,
@@ -99,6 +99,7 @@ def train_vae(
     accelerator = make_accelerator(cfg, stage)
     dataset = training_dataset(data, cfg, cache_dir, accelerator)
     vae = load_vae(cfg.vae)
+    cfg = adopt_vae_scaling(cfg, vae)
     if cfg.vae.train_decoder_only:  # the paper: encoder frozen, so its latents keep their meaning
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
