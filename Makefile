@@ -39,8 +39,8 @@ $(STAMP): pyproject.toml $(wildcard $(CONSTRAINTS)) | $(BIN)/python
 	touch $(STAMP)
 
 test: $(STAMP) system-deps
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 demo: $(STAMP)

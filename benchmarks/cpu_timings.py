@@ -55,7 +55,7 @@ from mmldm.models.autoencoder import MultiModalAutoencoder, vae_inputs
 from mmldm.models.discriminator import TripletDiscriminator
 from mmldm.models.dit import DiTInputs, MultiModalDiT
 from mmldm.models.vae import build_vae
-from mmldm.train.autoencoder import NUM_TARGETS, autoencoder_loss, discriminator_loss
+from mmldm.train.autoencoder import autoencoder_loss, discriminator_loss
 from mmldm.train.common import ema_update, make_optimizer
 from mmldm.train.generator import generator_loss
 
@@ -172,7 +172,7 @@ def autoencoder_train_step(cfg: Config, b: int) -> tuple[Callable[[], None], int
 
     def step() -> None:
         flip = torch.rand(b) < cfg.data.hflip_prob
-        inputs = vae_inputs(vae, cfg, video, audio, NUM_TARGETS, flip=flip)
+        inputs = vae_inputs(vae, cfg, video, audio, cfg.autoencoder.target_frames, flip=flip)
         loss, _, gan = autoencoder_loss(
             model, inputs, labels, cfg, vae=vae if disc else None, discriminator=disc
         )

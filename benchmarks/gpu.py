@@ -62,7 +62,7 @@ from mmldm.models.autoencoder import MultiModalAutoencoder, vae_inputs
 from mmldm.models.discriminator import TripletDiscriminator
 from mmldm.models.dit import MultiModalDiT
 from mmldm.models.vae import build_vae
-from mmldm.train.autoencoder import NUM_TARGETS, autoencoder_loss, discriminator_loss
+from mmldm.train.autoencoder import autoencoder_loss, discriminator_loss
 from mmldm.train.common import ema_update
 from mmldm.train.generator import generator_loss
 
@@ -299,7 +299,7 @@ def ae_train_section(bench: Bench, out: dict[str, Any]) -> None:
 
         def encode(video=video, audio=audio, b=b):
             flip = torch.rand(b, device=dev) < d.hflip_prob
-            return vae_inputs(vae, cfg, video, audio, NUM_TARGETS, flip=flip)
+            return vae_inputs(vae, cfg, video, audio, cfg.autoencoder.target_frames, flip=flip)
 
         def step(labels=labels, encode=encode):
             try:

@@ -47,11 +47,11 @@ class Stages:
     # rough shares of the total time on a 2-core CPU, for the estimate
     WEIGHTS = {
         "data": 1,
-        "vae": 28,
+        "vae": 16,
         "autoencoder": 30,
         "latents": 1,
-        "generator": 44,
-        "samples": 5,
+        "generator": 48,
+        "samples": 4,
         "evaluate": 1,
         "gallery": 1,
     }

@@ -1,0 +1,44 @@
+"""The benchmark scripts stay runnable: they import what the package exports today, and the CPU
+timings of the tiny config run end to end into their JSON report."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=BENCH.parent
+    )
+
+
+@pytest.mark.parametrize("script", ["flops.py", "cpu_timings.py", "gpu.py"])
+def test_benchmark_scripts_import_and_explain_themselves(script):
+    result = _run(str(BENCH / script), "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+
+
+def test_cpu_timings_of_the_tiny_config_write_their_report(tmp_path):
+    out = tmp_path / "cpu.json"
+    result = _run(str(BENCH / "cpu_timings.py"), "--sections", "tiny", "--quick", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    names = {r["name"] for r in report["results"] if r["section"] == "tiny"}
+    assert {"DiT train step", "autoencoder train step"} <= names
+    assert all(r["median_s"] > 0 for r in report["results"])
+
+
+def test_gpu_benchmark_refuses_to_run_without_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = _run(str(BENCH / "gpu.py"), "--out", str(tmp_path / "gpu.json"))
+    assert result.returncode == 2
+    assert "CUDA" in result.stdout + result.stderr
