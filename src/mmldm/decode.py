@@ -65,12 +65,10 @@ def encode_clips(
 @torch.no_grad()
 def encode_audio(model: MultiModalAutoencoder, vae, audio: torch.Tensor) -> torch.Tensor:
     """Audio ``[B, N]`` -> z_a (posterior mean), without any video."""
-    from mmldm.audio.mel import mel_spectrogram, mel_to_audio_image
+    from mmldm.audio.mel import audio_image
     from mmldm.models.vae import encode
 
-    cfg = model.cfg
-    mel = mel_spectrogram(audio.float(), MelSettings.from_config(cfg.data))
-    image = mel_to_audio_image(mel, cfg.data.resolution)
+    image = audio_image(audio, model.cfg.data)
     latent = encode(vae, image.to(next(vae.parameters()).dtype))
     return model.audio_encoder(latent).mean
 

@@ -58,24 +58,22 @@ class Stages:
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
-        self.ran = 0.0  # weight of the stages run (not skipped) so far
-        self.left = float(sum(self.WEIGHTS.values()))  # weight of the stages still to come
-        self.skipped: set[str] = set()
+        self.ran = 0.0  # weight of the stages run (not skipped) in this call so far
+        self.skipping = False  # whether the current stage was skipped
 
     def start(self, name: str, skipped: bool = False) -> None:
         i = STAGES.index(name) + 1
         elapsed = time.perf_counter() - self.t0
         left = ""
-        if self.ran and not skipped:  # the pace of the stages run in this call
-            left = f", about {elapsed / self.ran * self.left / 60:.1f} min left"
-        if skipped:
-            self.skipped.add(name)
+        if self.ran and not skipped:  # at the pace of the stages run in this call
+            to_come = sum(self.WEIGHTS[s] for s in STAGES[i - 1 :])
+            left = f", about {elapsed / self.ran * to_come / 60:.1f} min left"
+        self.skipping = skipped
         state = "already done, skipped" if skipped else "running"
         log.info("[%d/%d] %s: %s (%.0f s elapsed%s)", i, len(STAGES), name, state, elapsed, left)
 
     def finish(self, name: str) -> None:
-        self.left -= self.WEIGHTS[name]
-        if name not in self.skipped:
+        if not self.skipping:
             self.ran += self.WEIGHTS[name]
 
 

@@ -346,12 +346,10 @@ class MMLDMPipeline:
     def _audio_frames(self, audio: torch.Tensor) -> torch.Tensor:
         """``[N, L]`` audio of one clip -> its audio image as a video track ``[N, F, 3, S, S]``
         (audio tasks show the spectrogram where there is no generated video)."""
-        from mmldm.audio.mel import mel_spectrogram, mel_to_audio_image
+        from mmldm.audio.mel import audio_image
 
-        data = self.cfg.data
-        mel = mel_spectrogram(audio.float(), MelSettings.from_config(data))
-        image = mel_to_audio_image(mel, data.resolution)
-        return image[:, None].expand(-1, data.num_frames, -1, -1, -1)
+        image = audio_image(audio, self.cfg.data)
+        return image[:, None].expand(-1, self.cfg.data.num_frames, -1, -1, -1)
 
     def _result(self, task, frames, wave, seed, num, kw, *, has_audio, labels) -> Generation:
         settings = {k: v for k, v in kw.items() if k != "generator"}

@@ -201,6 +201,13 @@ def mel_to_audio_image(log_mel: torch.Tensor, size: int, quantize: bool = False)
     return image.clamp(-1.0, 1.0).expand(-1, 3, -1, -1).contiguous()
 
 
+def audio_image(wave: torch.Tensor, data) -> torch.Tensor:
+    """Waveform ``[B, N]`` in [-1, 1] -> audio image ``[B, 3, S, S]`` in [-1, 1] with the mel and
+    image settings of ``data`` (a :class:`mmldm.config.DataConfig`); float32."""
+    mel = mel_spectrogram(wave.float(), MelSettings.from_config(data))
+    return mel_to_audio_image(mel, data.resolution)
+
+
 def audio_image_to_mel(image: torch.Tensor, n_mels: int, num_frames: int) -> torch.Tensor:
     """Audio image ``[B, 3, H, W]`` in [-1, 1] -> log-mel ``[B, n_mels, num_frames]``.
 

@@ -140,17 +140,17 @@ def vae_inputs(
 
     Args:
         video: ``[B, F, 3, S, S]`` in [-1, 1]; audio: ``[B, N]`` in [-1, 1] at data.sample_rate.
-        num_targets: frames drawn per clip for the decoder (2 while training, i < j).
+        num_targets: frames drawn per clip for the decoder (autoencoder.target_frames while
+            training; increasing per clip).
         flip: ``[B]`` bool, mirror those clips' frames (training augmentation).
     """
-    from mmldm.audio.mel import MelSettings, mel_spectrogram, mel_to_audio_image
+    from mmldm.audio.mel import audio_image
     from mmldm.models.vae import encode
 
     b, f = video.shape[:2]
     if flip is not None:
         video = torch.where(flip[:, None, None, None, None], video.flip(-1), video)
-    mel = mel_spectrogram(audio.float(), MelSettings.from_config(cfg.data))
-    audio_image = mel_to_audio_image(mel, cfg.data.resolution).to(video.dtype)
+    image = audio_image(audio, cfg.data).to(video.dtype)
     scores = torch.rand(b, f, generator=generator, device=video.device)
     target_index = scores.argsort(dim=1)[:, :num_targets].sort(dim=1).values  # i < j
     key = video[:, cfg.autoencoder.key_frames]
@@ -158,12 +158,12 @@ def vae_inputs(
         video, 1, target_index[:, :, None, None, None].expand(-1, -1, *video.shape[2:])
     )
     k, n = key.shape[1], num_targets
-    images = torch.cat([key.flatten(0, 1), targets.flatten(0, 1), audio_image])  # one VAE batch
+    images = torch.cat([key.flatten(0, 1), targets.flatten(0, 1), image])  # one VAE batch
     latents = encode(vae, images.to(next(vae.parameters()).dtype))
     key_lat, tgt_lat, audio_lat = latents.split([b * k, b * n, b])
     return VAEInputs(
         key_latents=key_lat.unflatten(0, (b, k)),
-        audio_image=audio_image,
+        audio_image=image,
         audio_latent=audio_lat,
         target_index=target_index,
         target_frames=targets,

@@ -208,11 +208,9 @@ def write_reconstructions(
     out = decode_latents(
         model, vae, vocoder, z_a, z_v, generator=torch.Generator(video.device).manual_seed(0)
     )
-    from mmldm.audio.mel import MelSettings, mel_spectrogram, mel_to_audio_image
+    from mmldm.audio.mel import audio_image
 
-    # the originals' audio images for the grid (no second VAE pass: only the mel is needed)
-    mel = mel_spectrogram(audio, MelSettings.from_config(cfg.data))
-    audio_images = mel_to_audio_image(mel, cfg.data.resolution)
+    audio_images = audio_image(audio, cfg.data)  # the originals' (no second VAE pass)
     rows, labels = [], []
     for i in range(len(video)):
         write_video(

@@ -1,11 +1,12 @@
 """Stage 2 training: the multi-modal DiT on cached latents (paper sec. 3.2-3.3, eq. 8).
 
 One timestep is shared by both modalities; loss = MSE(eps_a) + MSE(eps_v) (or of v with
-``diffusion.prediction_type = v_prediction``). The conditional tasks
-are learned by the same model: per sample, 5% audio-to-video (clean z_a given), 5% video-to-audio
-(clean z_v given), exclusive; otherwise the conditions are zeros. With ``dit.long`` the previous
-clip's latents are given, with the previous video dropped for 20% of the samples and the previous
-audio for another 20%, so that one model continues audio, video, or both.
+``diffusion.prediction_type = v_prediction``). The conditional tasks are learned by the same
+model: per sample, ``dit.a2v_prob`` (the paper: 5%) audio-to-video (clean z_a given),
+``dit.v2a_prob`` (5%) video-to-audio (clean z_v given), exclusive; otherwise the conditions are
+zeros. With ``dit.long`` the previous clip's latents are given, with the previous video dropped
+for 20% of the samples and the previous audio for another 20%, so that one model continues
+audio, video, or both.
 """
 
 from __future__ import annotations

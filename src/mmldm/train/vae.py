@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmldm.audio.mel import MelSettings, mel_spectrogram, mel_to_audio_image
+from mmldm.audio.mel import audio_image
 from mmldm.config import Config
 from mmldm.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from mmldm.models.vae import adopt_vae_scaling, load_vae
@@ -65,9 +65,7 @@ def clip_images(cfg: Config, video: torch.Tensor, audio: torch.Tensor) -> torch.
     b, f = video.shape[:2]
     pick = torch.rand(b, f, device=video.device).argsort(dim=1)[:, :FRAMES_PER_CLIP]
     frames = torch.gather(video, 1, pick[:, :, None, None, None].expand(-1, -1, *video.shape[2:]))
-    mel = mel_spectrogram(audio.float(), MelSettings.from_config(cfg.data))
-    audio_image = mel_to_audio_image(mel, cfg.data.resolution).to(video.dtype)
-    return torch.cat([frames.flatten(0, 1), audio_image])
+    return torch.cat([frames.flatten(0, 1), audio_image(audio, cfg.data).to(video.dtype)])
 
 
 @torch.no_grad()
