@@ -195,3 +195,64 @@ def test_loss_falls_on_a_fixed_batch(setup):
         losses.append(logs["loss_mse_audio"] + logs["loss_mse_video"])
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.6 * first, (first, last)
+
+
+def test_key_frame_weights_interpolate_between_key_frames():
+    from mmldm.models.signal_decoder import key_frame_weights
+
+    keys = torch.tensor([0.0, 2.0, 5.0, 7.0])
+    w = key_frame_weights(torch.tensor([0.0, 1.0, 3.0, 5.0, 7.0, 9.0]), keys)
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0],
+            [0.5, 0.5, 0, 0],
+            [0, 2 / 3, 1 / 3, 0],
+            [0, 0, 1, 0],
+            [0, 0, 0, 1],
+            [0, 0, 0, 1],  # past the last key frame: clamped
+        ]
+    )
+    torch.testing.assert_close(w, expected)
+    assert torch.equal(
+        key_frame_weights(torch.tensor([0.3]), torch.tensor([0.0])), torch.ones(1, 1)
+    )
+
+
+def test_key_frame_latent_keeps_paper_shapes_and_routes_each_frame_its_group():
+    """autoencoder.video_latent=key_frames: z_v keeps its shape (16x16x16 in the paper), one
+    channel group per key frame, and frame i's decoder branch reads the group of frame i."""
+    cfg = load_config("paper_landscape", ["autoencoder.video_latent=key_frames"])
+    with torch.device("meta"):
+        model = MultiModalAutoencoder(cfg)
+        enc = model.encode(torch.empty(2, 4, 4, 32, 32), torch.empty(2, 4, 32, 32))
+    assert enc.z_v.shape == (2, 16, 16, 16) and enc.s_v.shape == (2, 768, 2, 2)
+    with pytest.raises(Exception, match="multiple of the 3 key frames"):
+        load_config(
+            "tiny", ["autoencoder.video_latent=key_frames", "autoencoder.key_frames=[0,1,3]"]
+        )
+
+    torch.manual_seed(0)
+    cfg = load_config("tiny", ["autoencoder.video_latent=key_frames"])  # 4 frames, 4 groups
+    model = MultiModalAutoencoder(cfg)
+    branch = model.decoder.branches["video"]
+    assert branch.groups == 4 and branch.stem.in_channels == 4 + 1
+    z = torch.randn(1, 4, 8, 8)
+    s = torch.randn(1, *cfg.semantic_shape)
+    with torch.no_grad():
+        branch.stem.weight[:, :4] = 0  # only the selected group reaches the residuals now
+        for conv in branch.skip_convs:
+            torch.nn.init.normal_(conv.weight)
+    for frame in range(4):
+        other = z.clone()
+        other[:, [g for g in range(4) if g != frame]] += 5.0  # every other group changes
+
+        def residual(latent, frame=frame):
+            index = torch.tensor([frame / 4])
+            cond = branch(latent, s, None, torch.ones(1), frame_index=index)
+            return cond.residuals[0]
+
+        with torch.no_grad():
+            assert torch.allclose(residual(z), residual(other), atol=1e-5)
+            changed = z.clone()
+            changed[:, frame] += 5.0
+            assert not torch.allclose(residual(z), residual(changed), atol=1e-3)

@@ -23,6 +23,7 @@ from mmldm.config import (
 from mmldm.console import setup_logging
 from mmldm.data.dataset import DatasetError
 from mmldm.data.media import MediaError
+from mmldm.data.synthetic import FAMILIES
 
 log = logging.getLogger("mmldm")
 
@@ -150,7 +151,12 @@ def cmd_synth_data(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     paths = synthesize_dataset(
-        Path(args.out), args.num_clips, seed=args.seed, data=cfg.data, duration=args.duration
+        Path(args.out),
+        args.num_clips,
+        seed=args.seed,
+        data=cfg.data,
+        duration=args.duration,
+        family=args.family,
     )
     log.info("wrote %d sounding videos to %s", len(paths), args.out)
     return 0
@@ -412,7 +418,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mmldm.demo import run_demo
 
-    run_demo(args.out, args.config, args.overrides)
+    run_demo(args.out, args.config, args.overrides, family=args.family)
     return 0
 
 
@@ -480,6 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="seconds per video (default: two clips of the config, data.num_frames / data.fps)",
+    )
+    p.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default="ball",
+        help="ball: a ball bouncing off the walls, a click at each bounce (the demo's); pulse: "
+        "a square orbiting the centre that swells at each plucked note (a second family to "
+        "check settings chosen on the first)",
     )
     _config_options(p, default="demo")
     _common(p)
@@ -612,6 +626,12 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_demo,
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default="ball",
+        help="the synthetic family to train on (see synth-data --family)",
+    )
     _config_options(p, default="demo")
     _common(p)
 

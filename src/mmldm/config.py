@@ -140,7 +140,13 @@ class AutoencoderConfig:
     """Stage 1: encoders, projectors, heads and loss weights (DESIGN.md section 4)."""
 
     latent_channels: int = 16  # C of z_v and z_a
-    key_frames: list[int] = field(default_factory=lambda: [0, 5, 10, 15])
+    key_frames: list[int] = field(default_factory=lambda: [0, 5, 10, 15])  # frames encoded
+    # How z_v holds time. "clip" (paper): one latent read at the encoder's content slot; the
+    # decoder must find frame i in it from the index alone. "key_frames": z_v's channels are
+    # one group per key frame, each read at that frame's slot (after temporal attention), and
+    # the decoder of frame i is given the group of its key frame (interpolated between the two
+    # around it), so that where the object is in frame i cannot be lost.
+    video_latent: str = "clip"
     video_widths: list[int] = field(default_factory=lambda: [320, 640])  # f_v = 2
     audio_widths: list[int] = field(default_factory=lambda: [320, 640, 1280])  # f_a = 4
     num_res_blocks: int = 2
@@ -174,6 +180,13 @@ class AutoencoderConfig:
                 raise ConfigError(f"config key 'autoencoder.{name}' must be >= 0")
         if not self.key_frames or sorted(set(self.key_frames)) != list(self.key_frames):
             raise ConfigError("config key 'autoencoder.key_frames' must be increasing and unique")
+        _choice(self.video_latent, ("clip", "key_frames"), "autoencoder.video_latent")
+        if self.video_latent == "key_frames" and self.latent_channels % len(self.key_frames):
+            raise ConfigError(
+                f"config key 'autoencoder.latent_channels' ({self.latent_channels}) must be a "
+                f"multiple of the {len(self.key_frames)} key frames with "
+                "autoencoder.video_latent=key_frames (one channel group per key frame)"
+            )
 
     @property
     def video_downsample(self) -> int:
@@ -370,6 +383,9 @@ class SampleConfig:
     decoder_steps: int = 50
     decoder_guidance_video: float = 2.5  # classifier-free guidance of the signal decoder
     decoder_guidance_audio: float = 2.5
+    # the same starting noise for every frame of a clip (frames then differ only where their
+    # conditions do: no flicker of what the latent leaves open); False draws one per frame
+    decoder_shared_noise: bool = False
     batch_size: int = 8
     long_clips: int = 4  # clips of a long sounding video: the first + 3 continuations = 64 frames
     seed: int = 0

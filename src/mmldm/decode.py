@@ -153,7 +153,10 @@ def decode_latents(
         ea, ev = guided(*ea.chunk(2), g_a), guided(*ev.chunk(2), g_v)  # (cond, null) halves
         return torch.cat([ea, ev])
 
-    x_T = torch.randn((b + b * f, *latent), generator=generator, device=device, dtype=dtype)
+    x_a = torch.randn((b, *latent), generator=generator, device=device, dtype=dtype)
+    noise_frames = 1 if sc.decoder_shared_noise else f  # one draw per clip, or per frame
+    x_v = torch.randn((b, noise_frames, *latent), generator=generator, device=device, dtype=dtype)
+    x_T = torch.cat([x_a, x_v.expand(-1, f, -1, -1, -1).flatten(0, 1)])  # [B + B*F, ...]
     scheduler = make_sampler(cfg.diffusion, sampler or sc.decoder_sampler)
     x0 = sample_loop(eps_fn, x_T, scheduler, steps, eta=sc.eta, generator=generator, desc=desc)
     images = torch.cat([vae_decode(vae, chunk) for chunk in x0.split(vae_batch)]).clamp(-1, 1)

@@ -7,8 +7,10 @@ Stages (each skipped when its output is complete, so a re-run continues where it
     3. autoencoder the multi-modal autoencoder
     4. latents     the training set encoded once
     5. generator   the DiT with the long / continuation branch
-    6. samples     every task: svg, a2v, v2a, audio, video, long, audio/video continuation
-    7. evaluate    synthetic-benchmark scores, with the real data's (ceiling) and shuffled (chance)
+    6. samples     every task: svg, a2v, v2a, audio, video, long, audio/video continuation,
+                   and the autoencoder's reconstructions of the held-out clips
+    7. evaluate    synthetic-benchmark scores, with the real data's (ceiling) and shuffled (chance),
+                   class and time (positions, events) alike
     8. gallery     DIR/index.html
 """
 
@@ -77,8 +79,13 @@ class Stages:
             self.ran += self.WEIGHTS[name]
 
 
-def run_demo(out: str | Path, config: str = "demo", overrides: list[str] | None = None) -> Path:
-    """Run every stage into ``out``; returns the gallery page."""
+def run_demo(
+    out: str | Path,
+    config: str = "demo",
+    overrides: list[str] | None = None,
+    family: str = "ball",
+) -> Path:
+    """Run every stage into ``out`` on the synthetic ``family``; returns the gallery page."""
     from mmldm.data.synthetic import synthesize_dataset
 
     out = Path(out)
@@ -89,9 +96,14 @@ def run_demo(out: str | Path, config: str = "demo", overrides: list[str] | None 
     stages.start("data", _done(out / "data"))
     if not _done(out / "data"):
         shutil.rmtree(out / "data", ignore_errors=True)
-        synthesize_dataset(data_dir, NUM_TRAIN_CLIPS, seed=0, data=cfg.data)
+        synthesize_dataset(data_dir, NUM_TRAIN_CLIPS, seed=0, data=cfg.data, family=family)
         synthesize_dataset(
-            test_dir, NUM_TEST_CLIPS, seed=1000, data=cfg.data, duration=cfg.data.clip_seconds
+            test_dir,
+            NUM_TEST_CLIPS,
+            seed=1000,
+            data=cfg.data,
+            duration=cfg.data.clip_seconds,
+            family=family,
         )
         _mark(out / "data")
     stages.finish("data")
@@ -167,14 +179,20 @@ def _resumable(run: Path) -> bool:
 
 
 def _test_clips(test_dir: Path, cfg: Config) -> list[dict]:
-    """The held-out clips: their frames, audio and class (the conditions of a2v / v2a)."""
+    """The held-out clips: their frames, audio and class (the conditions of a2v / v2a), the
+    classes taking turns (so that any first few clips show different classes)."""
     from mmldm.data.dataset import SoundingVideoDataset
 
     ds = SoundingVideoDataset(test_dir, cfg.data)
-    return [ds[i] for i in range(len(ds))]
+    clips = [ds[i] for i in range(len(ds))]
+    turn = {}  # clip -> its rank within its class
+    for i, clip in enumerate(clips):
+        turn[i] = sum(int(c["label"]) == int(clip["label"]) for c in clips[:i])
+    return [clips[i] for i in sorted(range(len(clips)), key=lambda i: (turn[i], i))]
 
 
 SAMPLE_PLAN = {  # task: (number of samples, clips)
+    "reconstruction": (NUM_TEST_CLIPS, 1),
     "svg": (16, 1),
     "a2v": (NUM_TEST_CLIPS, 1),
     "v2a": (NUM_TEST_CLIPS, 1),
@@ -195,6 +213,7 @@ def make_samples(out: Path, test_dir: Path) -> None:
     audio = torch.stack([c["audio"] for c in clips])
     video = torch.stack([c["video"] for c in clips])
     conditions = {
+        "reconstruction": {},
         "a2v": {"audio": audio},
         "v2a": {"video": video},
         "audio-continuation": {"audio": audio[:4]},
@@ -202,7 +221,10 @@ def make_samples(out: Path, test_dir: Path) -> None:
     }
     for task, (num, k) in SAMPLE_PLAN.items():
         t0 = time.perf_counter()
-        gen = pipe.generate(task, num, seed=0, clips=k, **conditions.get(task, {}))
+        if task == "reconstruction":
+            gen = reconstruct(pipe, video, audio)
+        else:
+            gen = pipe.generate(task, num, seed=0, clips=k, **conditions.get(task, {}))
         records = pipe.save(gen, out / "samples" / task)
         if task in conditions:
             for r, c in zip(records, clips, strict=False):
@@ -214,43 +236,80 @@ def make_samples(out: Path, test_dir: Path) -> None:
         log.info("samples: %s, %d in %.1f s", task, num, time.perf_counter() - t0)
 
 
+def reconstruct(pipe, video: torch.Tensor, audio: torch.Tensor):
+    """The autoencoder's round trip of clips (``[B, F, 3, S, S]``, ``[B, N]``), with the
+    decoder settings of sampling, as a Generation of task "reconstruction"."""
+    from mmldm.decode import decode_latents, encode_clips
+    from mmldm.pipeline import Generation
+
+    model, cfg = pipe.autoencoder, pipe.autoencoder.cfg
+    z_a, z_v = encode_clips(model, pipe.vae, video, audio)
+    g = torch.Generator().manual_seed(0)
+    out = decode_latents(model, pipe.vae, pipe.vocoder, z_a, z_v, generator=g)
+    return Generation(
+        task="reconstruction",
+        frames=out.frames,
+        wave=out.wave,
+        fps=cfg.data.fps,
+        sample_rate=cfg.data.sample_rate,
+        seeds=[0] * len(video),
+        settings={"decoder_steps": cfg.sample.decoder_steps},
+    )
+
+
 def evaluate_demo(out: Path, cfg: Config, data_dir: Path, test_dir: Path) -> dict:
-    """Synthetic-benchmark scores of the svg and a2v / v2a samples, with ceiling and chance."""
+    """Synthetic-benchmark scores of the reconstructions and of the svg, a2v and v2a samples,
+    with the real data's (ceiling) and shuffled pairs' (chance), in class and in time."""
     from mmldm.data.media import read_media
-    from mmldm.metrics.synthetic_scores import detect_sample, synthetic_scores
+    from mmldm.data.synthetic import max_step
+    from mmldm.metrics.synthetic_scores import (
+        detect_sample,
+        read_sidecar,
+        reconstruction_scores,
+        shuffled_pairing,
+        synthetic_scores,
+    )
 
     data = cfg.data
-    k = data.num_classes
+    real_paths = sorted(test_dir.rglob("*.mp4"))
+    family = read_sidecar(real_paths[0]).get("family", "ball")
 
-    def detections(paths_labels):
-        found = []
-        for path, label in paths_labels:
-            media = read_media(path, sample_rate=data.sample_rate)
-            found.append(
-                detect_sample(
-                    media.frames,
-                    media.audio,
-                    fps=data.fps,
-                    sample_rate=data.sample_rate,
-                    num_classes=k,
-                    label=label,
-                    path=str(path),
-                )
-            )
-        return found
+    def detect(path: Path, label: int | None):
+        media = read_media(path, sample_rate=data.sample_rate)
+        return detect_sample(
+            media.frames,
+            media.audio,
+            fps=data.fps,
+            sample_rate=data.sample_rate,
+            num_classes=data.num_classes,
+            label=label,
+            path=str(path),
+            family=family,
+            max_step=max_step(data, family),
+        )
 
-    def from_records(task):
+    def records(task: str) -> list[dict]:
         folder = out / "samples" / task
-        records = json.loads((folder / f"{task}.json").read_text())["samples"]
-        return [(folder / r["file"], r.get("condition_class")) for r in records]
+        return json.loads((folder / f"{task}.json").read_text())["samples"]
 
-    real = [
-        (p, int(json.loads(p.with_suffix(".json").read_text())["class_index"]))
-        for p in sorted(test_dir.rglob("*.mp4"))
-    ]
-    result = {"real": synthetic_scores(detections(real))}
+    real = {p.resolve(): detect(p, read_sidecar(p)["class_index"]) for p in real_paths}
+    result = {"family": family, "real": synthetic_scores(list(real.values()))}
     for task in ("svg", "a2v", "v2a"):
-        result[task] = synthetic_scores(detections(from_records(task)))
+        folder = out / "samples" / task
+        found = [detect(folder / r["file"], r.get("condition_class")) for r in records(task)]
+        result[task] = synthetic_scores(found)
+    rec = records("reconstruction")
+    recon = [detect(out / "samples/reconstruction" / r["file"], None) for r in rec]
+    sources = [real[Path(r["condition"]).resolve()] for r in rec]
+    keys = cfg.autoencoder.key_frames
+    result["reconstruction"] = {
+        "value": {
+            **reconstruction_scores(recon, sources, keys),
+            **synthetic_scores(recon)["value"],
+        },
+        "shuffled": reconstruction_scores(recon, sources, keys, shuffled_pairing(len(rec))),
+        "key_frames": list(keys),
+    }
     return result
 
 
@@ -259,6 +318,7 @@ def evaluate_demo(out: Path, cfg: Config, data_dir: Path, test_dir: Path) -> dic
 # --------------------------------------------------------------------------------------------
 
 _TASK_TEXT = {
+    "reconstruction": "Held-out clips encoded and decoded by the autoencoder (source: right).",
     "svg": "Sounding videos generated from noise (joint audio-video generation).",
     "a2v": "Video generated for a given audio clip of the held-out set (the given audio plays).",
     "v2a": "Audio generated for a given video clip of the held-out set (the given frames show).",
@@ -269,25 +329,41 @@ _TASK_TEXT = {
     "video-continuation": "A given video clip continued (silent).",
 }
 
+_FAMILY_TEXT = {
+    "ball": "ball family: a ball of the class colour bouncing off the walls, a tone of the "
+    "class pitch that follows its height, and a click at every bounce.",
+    "pulse": "pulse family: a square of the class colour orbiting the centre that swells at "
+    "every note, a plucked tone of the class pitch.",
+}
+
 _METRIC_TEXT = {
+    "video_class_accuracy": "video class accuracy (vs. the condition's / source's class)",
+    "audio_class_accuracy": "audio class accuracy (vs. the condition's / source's class)",
     "av_class_agreement": "audio-video class agreement",
-    "video_class_accuracy": "video class accuracy (vs. the condition's class)",
-    "audio_class_accuracy": "audio class accuracy (vs. the condition's class)",
-    "sync_f1": "bounce / click synchronisation (F1, within one frame)",
+    "sync_f1": "{video} / {audio} timing (F1 within one frame; chance: another clip's)",
+    "path_consistency": "object moves along a path (plausible frame-to-frame steps)",
+    "position_within_2px_key": "object centre within 2 px of the source's: key frames",
+    "position_within_2px_between": "object centre within 2 px of the source's: other frames",
+    "video_event_f1": "{video}s kept (F1 against the source's)",
+    "audio_event_f1": "{audio}s kept (F1 against the source's)",
 }
 
 
 def _metrics_table(metrics: dict) -> str:
+    from mmldm.data.detect import EVENT_NAMES
+
+    video_event, audio_event = EVENT_NAMES[metrics.get("family", "ball")]
     rows = []
-    for task in ("svg", "a2v", "v2a"):
+    for task in ("reconstruction", "svg", "a2v", "v2a"):
         for key, text in _METRIC_TEXT.items():
             value = metrics.get(task, {}).get("value", {}).get(key)
             if value is None:
                 continue
             ceiling = metrics["real"]["value"].get(key)
             chance = metrics[task].get("shuffled", {}).get(key)
+            text = text.format(video=video_event, audio=audio_event)
             rows.append(
-                f"<tr><td>{task}</td><td>{text}</td><td><b>{value:.3f}</b></td>"
+                f"<tr><td>{task}</td><td>{html.escape(text)}</td><td><b>{value:.3f}</b></td>"
                 f"<td>{'' if ceiling is None else f'{ceiling:.3f}'}</td>"
                 f"<td>{'' if chance is None else f'{chance:.3f}'}</td></tr>"
             )
@@ -306,9 +382,8 @@ def write_gallery(out: Path, metrics: dict, per_task: int = 4) -> Path:
         "vertical-align:top}figcaption{font-size:12px;color:#555}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px}img.curve{max-width:100%}",
         "</style></head><body><h1>MM-LDM demo</h1>",
-        "<p>Everything here was trained on this machine's CPU from synthetic sounding videos: "
-        "a ball of the class colour bouncing off the walls, a tone of the class pitch that "
-        "follows its height, and a click at every bounce.</p>",
+        "<p>Everything here was trained on this machine's CPU from synthetic sounding videos "
+        f"of the {html.escape(_FAMILY_TEXT[metrics.get('family', 'ball')])}</p>",
         "<h2>Scores</h2>",
         _metrics_table(metrics),
     ]

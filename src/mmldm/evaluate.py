@@ -53,6 +53,7 @@ from mmldm.console import progress
 from mmldm.data.clips import frames_to_tensor_layout, resize_frames
 from mmldm.data.dataset import VIDEO_EXTENSIONS, DatasetError, SoundingVideoDataset
 from mmldm.data.media import MediaError, read_media
+from mmldm.data.synthetic import max_step
 from mmldm.metrics.audioclip import FAD_SCALE, AudioCLIPEmbedder, load_audioclip
 from mmldm.metrics.frechet import FeatureStats, kernel_distance
 from mmldm.metrics.i3d import I3DFeatureExtractor, load_i3d
@@ -61,7 +62,7 @@ from mmldm.metrics.synthetic_scores import (
     Detections,
     detect_sample,
     label_from_path,
-    synthetic_num_classes,
+    synthetic_family,
     synthetic_scores,
 )
 from mmldm.metrics.vggish import VGGish, load_vggish
@@ -204,7 +205,7 @@ def _accumulate(
     total: int,
     ex: _Extractors,
     data: DataConfig,
-    num_classes: int | None,
+    synthetic: tuple[str, int] | None,
     device: torch.device,
 ) -> None:
     bar = progress(total=total, desc=f"{side.name} clips", unit="clip")
@@ -220,7 +221,8 @@ def _accumulate(
             side.vggish.update(windows.reshape(-1, windows.shape[-1]))
         if ex.audioclip is not None:
             side.audioclip.update(ex.audioclip.embed(audio.to(device), data.sample_rate))
-        if num_classes is not None:
+        if synthetic is not None:
+            family, num_classes = synthetic
             for item, clip_video, clip_audio in zip(items, video, audio, strict=True):
                 side.detections.append(
                     detect_sample(
@@ -229,8 +231,10 @@ def _accumulate(
                         fps=data.fps,
                         sample_rate=data.sample_rate,
                         num_classes=num_classes,
-                        label=label_from_path(item["path"], num_classes),
+                        label=label_from_path(item["path"], num_classes, family),
                         path=item["path"],
+                        family=family,
+                        max_step=max_step(data, family),
                     )
                 )
         side.clips += len(items)
@@ -319,7 +323,7 @@ def evaluate(
         entry["sha256"] = sha256_of(entry["path"])
 
     real_paths = [str(v.path) for v in real_set.videos]
-    num_classes = synthetic_num_classes(real_paths, data.num_classes) or synthetic_num_classes(
+    found = synthetic_family(real_paths, data.num_classes) or synthetic_family(
         [str(p) for p in fake_paths], data.num_classes
     )
     workers = data.num_workers
@@ -331,12 +335,12 @@ def evaluate(
         _accumulate(
             sides["real"],
             _batches(real_set, real_idx, batch_size, workers),
-            len(real_idx), ex, data, num_classes, torch_device,
+            len(real_idx), ex, data, found, torch_device,
         )  # fmt: skip
         _accumulate(
             sides["fake"],
             _batches(fake_set, fake_idx, batch_size, workers),
-            len(fake_idx), ex, data, num_classes, torch_device,
+            len(fake_idx), ex, data, found, torch_device,
         )  # fmt: skip
     real_side, fake_side = sides["real"], sides["fake"]
 
@@ -374,12 +378,13 @@ def evaluate(
     missing = [{"metric": m, "needs": NEEDS[m]} for m in METRICS if m not in metrics]
 
     synthetic = None
-    if num_classes is not None:
+    if found is not None:
         fake_scores = synthetic_scores(fake_side.detections, seed)
         real_scores = synthetic_scores(real_side.detections, seed)
         labelled = sum(d.label is not None for d in fake_side.detections)
         synthetic = {
-            "num_classes": num_classes,
+            "family": found[0],
+            "num_classes": found[1],
             "generated": fake_scores["value"],
             "generated_shuffled": fake_scores["shuffled"],
             "real": real_scores["value"],  # ceiling
@@ -453,7 +458,8 @@ def format_report(result: dict[str, Any]) -> str:
     if synthetic:
         lines += [
             "",
-            f"synthetic benchmark ({synthetic['num_classes']} classes; {synthetic['note']})",
+            f"synthetic benchmark ({synthetic.get('family', 'ball')} family, "
+            f"{synthetic['num_classes']} classes; {synthetic['note']})",
         ]
         table = [("score", "generated", "real (ceiling)", "shuffled real (chance)")]
         for name in SCORE_NAMES:

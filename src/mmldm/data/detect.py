@@ -5,8 +5,12 @@ blur, noise, colour shifts and lossy compression:
 
 * :func:`detect_video_class`: hue of the object (pixels far from the background colour),
 * :func:`detect_audio_class`: median peak frequency of the tone -> nearest class pitch,
-* :func:`detect_positions` / :func:`detect_bounces`: ball centre track and its turning points,
-* :func:`detect_clicks`: onsets of broadband bursts,
+* :func:`detect_positions`: the object's centre track (any family),
+* ball family: :func:`detect_bounces` (turning points of the track), :func:`detect_clicks`
+  (onsets of broadband bursts);
+* pulse family: :func:`detect_swells` (jumps of the object's size), :func:`detect_onsets`
+  (rises of the loudness);
+* :func:`detect_video_events` / :func:`detect_audio_events`: the family's events;
 * :func:`match_events`: greedy one-to-one matching of event times.
 
 Accepted frame layouts (numpy arrays or torch tensors, any device):
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmldm.data.synthetic import class_table
+from mmldm.data.synthetic import check_family, class_table
 
 _MIN_CONTRAST = 40.0  # 0..255 scale: weaker peaks are noise, not the ball
 _END_GUARD = 0.01  # seconds at the end of a waveform where onsets are ignored
@@ -104,12 +108,13 @@ def _chroma(vec: np.ndarray) -> np.ndarray:
     return 0.5 * np.hypot(np.sqrt(3.0) * (g - b), 2.0 * r - g - b)
 
 
-def detect_video_class(frames, num_classes: int) -> int:
-    """Class of the ball from its colour: the nearest class hue, by majority over frames.
+def detect_video_class(frames, num_classes: int, family: str = "ball") -> int:
+    """Class of the object from its colour: the nearest class hue, by majority over frames.
 
     Args:
         frames: see the module docstring for the accepted layouts.
         num_classes: K; classes as in :func:`mmldm.data.synthetic.class_table`.
+        family: whose class table.
 
     In each frame the pixels whose (smoothed) distance to the background colour exceeds 60%
     of the frame's maximum are the object; the mean of their colour minus the background gives
@@ -119,7 +124,7 @@ def detect_video_class(frames, num_classes: int) -> int:
     """
     rgb = frames_to_float(frames)
     diff, strength = _foreground(rgb)
-    class_hues = np.radians([c["hue"] for c in class_table(num_classes)])
+    class_hues = np.radians([c["hue"] for c in class_table(num_classes, family)])
     votes = np.zeros(num_classes)
     weight = np.zeros(num_classes)
     for t in range(len(rgb)):
@@ -183,7 +188,7 @@ def dominant_pitch(wave, sample_rate: int, fmin: float = 60.0, fmax: float = 800
     return float(2.0 ** np.median(np.log2(freqs)))
 
 
-def detect_audio_class(wave, sample_rate: int, num_classes: int) -> int:
+def detect_audio_class(wave, sample_rate: int, num_classes: int, family: str = "ball") -> int:
     """Class of a waveform: its dominant pitch -> the class with the nearest base pitch.
 
     Args:
@@ -191,11 +196,12 @@ def detect_audio_class(wave, sample_rate: int, num_classes: int) -> int:
         sample_rate: Hz.
         num_classes: K; the class pitch ranges are disjoint, decision boundaries lie halfway
             between base pitches in log frequency. Returns -1 for silence.
+        family: whose class table.
     """
     f = dominant_pitch(wave, sample_rate)
     if not np.isfinite(f):
         return -1
-    bases = np.log2([c["base_pitch_hz"] for c in class_table(num_classes)])
+    bases = np.log2([c["base_pitch_hz"] for c in class_table(num_classes, family)])
     return int(np.argmin(np.abs(np.log2(f) - bases)))
 
 
@@ -353,12 +359,115 @@ def detect_clicks(
     return np.asarray(onsets, np.float64)
 
 
-def match_events(predicted, truth, tolerance: float) -> tuple[float, float]:
-    """Precision and recall of predicted event times against true ones.
+def detect_object_sizes(frames) -> np.ndarray:
+    """The object's size per frame: sqrt of the area (px) whose foreground strength exceeds
+    half the frame's peak; float64 ``[T]``, NaN where no object is found."""
+    _, strength = _foreground(frames_to_float(frames))
+    peak = strength.reshape(len(strength), -1).max(axis=1)
+    area = (strength > 0.5 * peak[:, None, None]).sum(axis=(1, 2)).astype(np.float64)
+    return np.where(peak >= _MIN_CONTRAST, np.sqrt(area), np.nan)
 
-    Pairs closer than ``tolerance`` (seconds, inclusive) are matched greedily, closest first,
-    each event at most once. An empty prediction has precision 1; empty truth has recall 1.
+
+def detect_swells(frames, fps: float, min_ratio: float = 1.12) -> np.ndarray:
+    """Times (seconds, increasing) at which the object suddenly grows (pulse family).
+
+    A swell is a frame whose size (:func:`detect_object_sizes`) is at least ``min_ratio``
+    times the previous frame's; rises on consecutive frames count once. The event lies
+    between the two frames, so it is placed half a frame before the grown one (error at most
+    half a frame); the first frame cannot show one. Returns float64 ``[E]``.
     """
+    size = detect_object_sizes(frames)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rising = size[1:] >= min_ratio * size[:-1]  # NaN compares False
+    starts = np.flatnonzero(rising & ~np.concatenate([[False], rising[:-1]])) + 1
+    return (starts - 0.5) / fps
+
+
+def detect_onsets(
+    wave,
+    sample_rate: int,
+    *,
+    rise_db: float = 9.0,
+    lookback: float = 0.06,
+    near_peak_db: float = 10.0,
+    min_gap: float = 0.1,
+    start_guard: float = 0.02,
+) -> np.ndarray:
+    """Onset times (seconds, increasing) of notes: sudden rises of loudness (pulse family).
+
+    The level is the RMS in dB of 4 ms frames every 1 ms. An onset is where the level first
+    rises ``rise_db`` above its minimum over the preceding ``lookback`` seconds and, within
+    the next 30 ms, comes within ``near_peak_db`` of the clip's loudest level (a note, not a
+    flutter of the quiet background that a vocoder may add); rises closer than ``min_gap``
+    to the previous one continue it. The first ``start_guard`` seconds (a fade-in) and the
+    last 10 ms are ignored. Unlike :func:`detect_clicks` this needs no broadband burst: a
+    tonal note that starts loud is enough. Returns float64 ``[E]``.
+    """
+    x = _audio_to_float(wave)
+    length = max(16, int(round(0.004 * sample_rate)))
+    hop = max(1, int(round(0.001 * sample_rate)))
+    frames = _frame_signal(x, length, hop)
+    level = 10.0 * np.log10((frames**2).mean(axis=1) + 1e-12)
+    back = max(1, int(round(lookback * sample_rate / hop)))
+    padded = np.concatenate([np.full(back, np.inf), level])
+    floor = np.min(np.lib.stride_tricks.sliding_window_view(padded, back)[: len(level)], axis=1)
+    reach = max(1, int(round(0.03 * sample_rate / hop)))
+    ahead = np.concatenate([level, np.full(reach - 1, -np.inf)])
+    coming = np.max(np.lib.stride_tricks.sliding_window_view(ahead, reach), axis=1)  # next 30 ms
+    above = (level - floor >= rise_db) & (coming >= level.max() - near_peak_db)
+    onsets: list[float] = []
+    last = None
+    for k in np.flatnonzero(above & ~np.concatenate([[False], above[:-1]])):
+        t = (k * hop + 0.5 * length) / sample_rate
+        if t < start_guard:
+            continue
+        if t > x.size / sample_rate - _END_GUARD:
+            break
+        if last is None or t - last >= min_gap:
+            onsets.append(t)
+        last = t
+    return np.asarray(onsets, np.float64)
+
+
+# Each family's audio-visual event, as seen in each modality.
+EVENT_NAMES = {"ball": ("bounce", "click"), "pulse": ("swell", "note onset")}
+
+
+def detect_video_events(
+    frames, fps: float, family: str = "ball", positions: np.ndarray | None = None
+) -> np.ndarray:
+    """The family's events in frames (ball: bounces; pulse: swells), seconds ``[E]``."""
+    check_family(family)
+    if family == "pulse":
+        return detect_swells(frames, fps)
+    return detect_bounces(frames, fps, positions)
+
+
+def detect_audio_events(wave, sample_rate: int, family: str = "ball") -> np.ndarray:
+    """The family's events in a waveform (ball: clicks; pulse: note onsets), seconds ``[E]``."""
+    check_family(family)
+    if family == "pulse":
+        return detect_onsets(wave, sample_rate)
+    return detect_clicks(wave, sample_rate)
+
+
+def visible_window(num_frames: int, fps: float, family: str = "ball") -> tuple[float, float]:
+    """Times (s) where the family's events can be seen in frames as well as heard.
+
+    A bounce is a turning point of the track, so it needs a frame on each side: those in
+    the first and last frame interval cannot be seen (their clicks are heard all the same).
+    A swell needs the frame before it. Scores of audio-visual timing count only the events
+    inside this window, on both sides, so that real data scores near 1.
+    """
+    check_family(family)
+    if family == "pulse":
+        return 0.0, (num_frames - 1) / fps
+    return 1.0 / fps, (num_frames - 2) / fps
+
+
+def match_pairs(predicted, truth, tolerance: float) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching of event times: pairs (i, j) of ``predicted[i]`` and
+    ``truth[j]`` closer than ``tolerance`` (seconds, inclusive), closest first."""
     pred = np.asarray(predicted, np.float64).reshape(-1)
     true = np.asarray(truth, np.float64).reshape(-1)
     pairs = sorted(
@@ -367,12 +476,24 @@ def match_events(predicted, truth, tolerance: float) -> tuple[float, float]:
         for j, t in enumerate(true)
         if abs(p - t) <= tolerance
     )
-    used_p, used_t = set(), set()
+    used_p, used_t, out = set(), set(), []
     for _, i, j in pairs:
         if i not in used_p and j not in used_t:
             used_p.add(i)
             used_t.add(j)
-    matched = len(used_p)
-    precision = matched / len(pred) if len(pred) else 1.0
-    recall = matched / len(true) if len(true) else 1.0
+            out.append((i, j))
+    return out
+
+
+def match_events(predicted, truth, tolerance: float) -> tuple[float, float]:
+    """Precision and recall of predicted event times against true ones.
+
+    Pairs closer than ``tolerance`` (seconds, inclusive) are matched greedily, closest first,
+    each event at most once. An empty prediction has precision 1; empty truth has recall 1.
+    """
+    n_pred = np.asarray(predicted).size
+    n_true = np.asarray(truth).size
+    matched = len(match_pairs(predicted, truth, tolerance))
+    precision = matched / n_pred if n_pred else 1.0
+    recall = matched / n_true if n_true else 1.0
     return precision, recall

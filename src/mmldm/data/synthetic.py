@@ -1,14 +1,21 @@
-"""A synthetic sounding-video dataset whose audio-visual correspondence is known exactly.
+"""Synthetic sounding-video datasets whose audio-visual correspondence is known exactly.
 
-Each video shows one filled ball of its class's colour on a plain dark-grey background,
-moving at constant velocity and bouncing elastically off the four walls. The sound is a
+Two families share the machinery here (class tables, the clip record, the dataset writer):
+
+* ``ball`` (this module, the demo's): a ball bouncing off the walls, a click at every bounce;
+* ``pulse`` (:mod:`mmldm.data.synthetic_pulse`): a square orbiting the centre that swells at
+  every plucked note. Its shapes, motion, event kind, colours and pitches differ from the ball
+  set's, so that settings chosen on one family can be checked on the other.
+
+The ball family: each video shows one filled ball of its class's colour on a plain dark-grey
+background, moving at constant velocity and bouncing elastically off the four walls. The sound is a
 sine tone of the class's pitch, bent by the ball's height, plus a short click at every bounce:
 
 * class        <-> ball colour (hue) and tone pitch range (disjoint ranges per class),
 * ball height  <-> pitch: ``f = base_pitch * 2 ** (PITCH_BEND * h)``, h = +1 top, -1 bottom,
 * wall bounce  <-> click, placed at the analytically computed bounce time (sub-frame).
 
-Layout written by :func:`synthesize_dataset`::
+Layout written by :func:`synthesize_dataset` (any family)::
 
     OUT/<NN_colour>/<id>.mp4    H.264 + AAC, data.resolution^2 at data.fps, mono data.sample_rate
     OUT/<NN_colour>/<id>.json   ground truth (see :meth:`SyntheticClip.ground_truth`)
@@ -36,24 +43,58 @@ from mmldm.data.media import write_video
 
 log = logging.getLogger(__name__)
 
-# (name, hue in degrees). The order puts the most distinct hues first, so any prefix of K
-# classes is well separated (K <= 10: hues 30 degrees apart at least); names never change with K.
-_PALETTE: tuple[tuple[str, float], ...] = (
-    ("red", 0.0),
-    ("green", 120.0),
-    ("blue", 240.0),
-    ("yellow", 60.0),
-    ("magenta", 300.0),
-    ("cyan", 180.0),
-    ("orange", 30.0),
-    ("violet", 270.0),
-    ("azure", 210.0),
-    ("chartreuse", 90.0),
-)
-MAX_CLASSES = len(_PALETTE)
-BASE_PITCH_HZ = 250.0  # class 0
-PITCH_RATIO = 1.45  # between the base pitches of consecutive classes (0.536 octave)
-PITCH_BEND = 0.15  # octaves up (top) / down (bottom) from the base pitch: ranges stay disjoint
+FAMILIES = ("ball", "pulse")
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    """A family's classes: colour hues and tone pitches (class k: ``base * ratio**k``)."""
+
+    palette: tuple[tuple[str, float], ...]  # (name, hue in degrees)
+    base_pitch_hz: float
+    pitch_ratio: float
+    pitch_bend: float  # octaves the tone moves up / down around its base pitch
+
+
+# The orders put the most distinct hues first, so any prefix of K classes is well separated;
+# names never change with K.
+CLASS_SETS = {
+    "ball": ClassSet(
+        palette=(
+            ("red", 0.0),
+            ("green", 120.0),
+            ("blue", 240.0),
+            ("yellow", 60.0),
+            ("magenta", 300.0),
+            ("cyan", 180.0),
+            ("orange", 30.0),
+            ("violet", 270.0),
+            ("azure", 210.0),
+            ("chartreuse", 90.0),
+        ),
+        base_pitch_hz=250.0,
+        pitch_ratio=1.45,  # 0.536 octave between consecutive classes
+        pitch_bend=0.15,  # ranges stay disjoint
+    ),
+    "pulse": ClassSet(
+        palette=(
+            ("orange", 30.0),
+            ("azure", 210.0),
+            ("chartreuse", 90.0),
+            ("rose", 330.0),
+            ("spring", 150.0),
+            ("violet", 270.0),
+        ),
+        base_pitch_hz=280.0,
+        pitch_ratio=1.5,
+        pitch_bend=0.0,  # a steady pitch
+    ),
+}
+_PALETTE = CLASS_SETS["ball"].palette
+MAX_CLASSES = len(_PALETTE)  # of the ball family (the most of any family)
+BASE_PITCH_HZ = CLASS_SETS["ball"].base_pitch_hz  # class 0
+PITCH_RATIO = CLASS_SETS["ball"].pitch_ratio
+PITCH_BEND = CLASS_SETS["ball"].pitch_bend  # octaves up (top) / down (bottom)
 BACKGROUND = (40, 40, 40)  # uint8 RGB, dark grey: every class colour contrasts with it
 TONE_AMPLITUDE = 0.3
 CLICK_AMPLITUDE = 0.65  # peak; clearly louder than the tone (tone + click stay in [-1, 1])
@@ -63,21 +104,34 @@ CLICK_DECAY_SECONDS = 0.002  # amplitude time constant of the click's exponentia
 FADE_SECONDS = 0.01  # tone fade in / out: no spurious click at the ends
 
 
-def class_table(num_classes: int) -> list[dict[str, Any]]:
+def check_family(family: str) -> ClassSet:
+    if family not in CLASS_SETS:
+        raise ValueError(f"unknown synthetic family {family!r}; families: {', '.join(FAMILIES)}")
+    return CLASS_SETS[family]
+
+
+def max_classes(family: str = "ball") -> int:
+    return len(check_family(family).palette)
+
+
+def class_table(num_classes: int, family: str = "ball") -> list[dict[str, Any]]:
     """The classes' names, colours and pitches, shared by the generator and the detectors.
 
     Returns one dict per class, index k: ``name`` ("00_red", sortable), ``colour`` (name),
     ``rgb`` ([3] ints in 0..255, saturated: HSV value and saturation 1), ``hue`` (degrees),
-    ``base_pitch_hz`` (250 * 1.45**k) and ``pitch_range_hz`` ([low, high] of the tone).
+    ``base_pitch_hz`` (ball: 250 * 1.45**k) and ``pitch_range_hz`` ([low, high] of the tone).
     """
-    if not 1 <= num_classes <= MAX_CLASSES:
+    classes = check_family(family)
+    if not 1 <= num_classes <= len(classes.palette):
         raise ValueError(
-            f"synthetic data supports 1..{MAX_CLASSES} classes, got num_classes={num_classes}"
+            f"the synthetic {family} family supports 1..{len(classes.palette)} classes, "
+            f"got num_classes={num_classes}"
         )
     table = []
-    for k, (colour, hue) in enumerate(_PALETTE[:num_classes]):
+    for k, (colour, hue) in enumerate(classes.palette[:num_classes]):
         rgb = [int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue / 360.0, 1.0, 1.0)]
-        base = BASE_PITCH_HZ * PITCH_RATIO**k
+        base = classes.base_pitch_hz * classes.pitch_ratio**k
+        bend = 2.0**classes.pitch_bend
         table.append(
             {
                 "index": k,
@@ -86,19 +140,20 @@ def class_table(num_classes: int) -> list[dict[str, Any]]:
                 "rgb": rgb,
                 "hue": hue,
                 "base_pitch_hz": base,
-                "pitch_range_hz": [base * 2.0**-PITCH_BEND, base * 2.0**PITCH_BEND],
+                "pitch_range_hz": [base / bend, base * bend],
             }
         )
     return table
 
 
-def check_pitches(data: DataConfig) -> None:
+def check_pitches(data: DataConfig, family: str = "ball") -> None:
     """Raise ValueError if a class's tone would reach 8 kHz, data.fmax or 0.45 x the rate.
 
-    With 16 kHz audio this allows up to 9 classes; 10 need a sample rate of 17.5 kHz or more.
+    With 16 kHz audio this allows up to 9 ball classes; 10 need a sample rate of 17.5 kHz or
+    more.
     """
     limit = min(8000.0, float(data.fmax), 0.45 * data.sample_rate)
-    for entry in class_table(data.num_classes):
+    for entry in class_table(data.num_classes, family):
         top = entry["pitch_range_hz"][1]
         if top > limit:
             raise ValueError(
@@ -120,10 +175,13 @@ class SyntheticClip:
     Attributes:
         frames: uint8 ``[T, H, W, 3]`` RGB; frame t shows time ``t / fps``.
         audio: float32 ``[N]`` mono in [-1, 1], ``N = round(T / fps * sample_rate)``.
-        positions: float64 ``[T, 2]`` ball centre (x, y) in pixels at each frame time.
-        bounce_times: float64 ``[B]`` seconds, increasing, each in (0, T / fps).
-        bounce_walls: ``B`` names, "left" | "right" | "top" | "bottom".
+        positions: float64 ``[T, 2]`` object centre (x, y) in pixels at each frame time.
+        event_times: float64 ``[E]`` seconds, increasing, each in (0, T / fps): the
+            audio-visual events (ball: wall bounces = clicks; pulse: swells = note onsets).
         pitch_hz: float64 ``[T]`` tone frequency at each frame time.
+        family: which family drew it (:data:`FAMILIES`).
+        details: the family's own ground truth, stored in the sidecar too (ball: ``radius``,
+            ``velocity`` in px / s at time 0, ``bounces`` [{time, wall}]).
     """
 
     frames: np.ndarray
@@ -132,13 +190,29 @@ class SyntheticClip:
     sample_rate: int
     class_index: int
     num_classes: int
-    radius: float
     positions: np.ndarray
-    velocity: tuple[float, float]  # px / s at time 0
-    bounce_times: np.ndarray
-    bounce_walls: list[str]
+    event_times: np.ndarray
     pitch_hz: np.ndarray
+    family: str = "ball"
+    details: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the seed, stored in the sidecar
+
+    # the ball family's own ground truth, by name
+    @property
+    def radius(self) -> float:
+        return self.details["radius"]
+
+    @property
+    def velocity(self) -> tuple[float, float]:
+        return tuple(self.details["velocity"])
+
+    @property
+    def bounce_times(self) -> np.ndarray:
+        return self.event_times
+
+    @property
+    def bounce_walls(self) -> list[str]:
+        return [b["wall"] for b in self.details["bounces"]]
 
     @property
     def duration(self) -> float:
@@ -146,13 +220,14 @@ class SyntheticClip:
 
     @property
     def class_name(self) -> str:
-        return class_table(self.num_classes)[self.class_index]["name"]
+        return class_table(self.num_classes, self.family)[self.class_index]["name"]
 
     def ground_truth(self) -> dict[str, Any]:
         """JSON-ready ground truth (the sidecar of the mp4)."""
-        table = class_table(self.num_classes)
+        table = class_table(self.num_classes, self.family)
         height, width = self.frames.shape[1:3]
         return {
+            "family": self.family,
             "class_name": self.class_name,
             "class_index": self.class_index,
             "num_classes": self.num_classes,
@@ -163,19 +238,11 @@ class SyntheticClip:
             "num_frames": len(self.frames),
             "num_samples": len(self.audio),
             "resolution": [height, width],
-            "background_rgb": list(BACKGROUND),
-            "radius": self.radius,
-            "velocity": list(self.velocity),
             "frame_times": [t / self.fps for t in range(len(self.frames))],
             "trajectory": [[float(x), float(y)] for x, y in self.positions],
-            "bounces": [
-                {"time": float(t), "wall": w}
-                for t, w in zip(self.bounce_times, self.bounce_walls, strict=True)
-            ],
+            "events": [float(t) for t in self.event_times],
             "pitch_hz": [float(f) for f in self.pitch_hz],
-            "pitch_bend_octaves": PITCH_BEND,
-            "tone_amplitude": TONE_AMPLITUDE,
-            "click_amplitude": CLICK_AMPLITUDE,
+            **self.details,
             "classes": table,
         }
 
@@ -223,6 +290,41 @@ def _render(positions: np.ndarray, radius: float, height: int, width: int, rgb) 
 
 
 def synthesize_clip(
+    rng: np.random.Generator,
+    class_index: int,
+    data: DataConfig,
+    duration: float,
+    family: str = "ball",
+) -> SyntheticClip:
+    """Draw one sounding video of class ``class_index`` from ``family`` (see
+    :func:`ball_clip` and :func:`mmldm.data.synthetic_pulse.pulse_clip` for what each draws)."""
+    check_family(family)
+    if family == "pulse":
+        from mmldm.data.synthetic_pulse import pulse_clip  # it builds on this module
+
+        return pulse_clip(rng, class_index, data, duration)
+    return ball_clip(rng, class_index, data, duration)
+
+
+def _crossing_bounds(data: DataConfig) -> tuple[float, float]:
+    """Shortest and longest time (s) the ball takes to cross the frame (see :func:`ball_clip`)."""
+    scale = min(1.0, data.clip_seconds)
+    return max(0.5 * scale, 5.0 / data.fps), max(1.0 * scale, 5.0 / data.fps)
+
+
+def max_step(data: DataConfig, family: str = "ball") -> float:
+    """The longest distance (px) the object's centre moves between two frames, by design."""
+    check_family(family)
+    if family == "pulse":
+        from mmldm.data.synthetic_pulse import pulse_max_step
+
+        return pulse_max_step(data)
+    radius = ball_radius(data.resolution)
+    span = data.resolution - 2 * radius
+    return math.sqrt(2.0) * span / _crossing_bounds(data)[0] / data.fps
+
+
+def ball_clip(
     rng: np.random.Generator, class_index: int, data: DataConfig, duration: float
 ) -> SyntheticClip:
     """Draw one bouncing-ball sounding video of class ``class_index``.
@@ -255,8 +357,7 @@ def synthesize_clip(
     start = rng.uniform(lo, hi, size=2)
     # Short clips get faster balls (still bouncing within a clip), but never so fast that a
     # bounce falls between too few frames to be seen.
-    crossing = rng.uniform(0.5, 1.0) * min(1.0, data.clip_seconds)
-    crossing = max(crossing, 5.0 / fps)
+    crossing = max(rng.uniform(0.5, 1.0) * min(1.0, data.clip_seconds), 5.0 / fps)
     speed = math.sqrt(2.0) * (hi - lo) / crossing
     angle = math.radians(rng.uniform(25.0, 65.0) + 90.0 * rng.integers(4))
     velocity = (speed * math.cos(angle), speed * math.sin(angle))
@@ -318,12 +419,18 @@ def synthesize_clip(
         sample_rate=rate,
         class_index=class_index,
         num_classes=data.num_classes,
-        radius=radius,
         positions=positions,
-        velocity=velocity,
-        bounce_times=bounce_times,
-        bounce_walls=[w for _, w in events],
+        event_times=bounce_times,
         pitch_hz=pitch(positions[:, 1]),
+        details={
+            "background_rgb": list(BACKGROUND),
+            "radius": radius,
+            "velocity": [float(v) for v in velocity],
+            "bounces": [{"time": float(t), "wall": w} for t, w in events],
+            "pitch_bend_octaves": PITCH_BEND,
+            "tone_amplitude": TONE_AMPLITUDE,
+            "click_amplitude": CLICK_AMPLITUDE,
+        },
     )
 
 
@@ -339,34 +446,36 @@ def synthesize_dataset(
     seed: int,
     data: DataConfig,
     duration: float | None = None,
+    family: str = "ball",
 ) -> list[Path]:
-    """Write ``num_clips`` sounding videos with sidecars to ``OUT/<class>/<id>.mp4|json``.
+    """Write ``num_clips`` sounding videos of ``family`` with sidecars to
+    ``OUT/<class>/<id>.mp4|json``.
 
     Classes are balanced: clip i has class ``i % K``. Clip i is drawn from
-    ``clip_rng(seed, i)``, so each clip depends only on (seed, i, data, duration) and the same
-    seed gives the same frames and audio. ``duration`` defaults to two clips of the config
-    (``2 * data.clip_seconds``). Returns the mp4 paths in clip order.
+    ``clip_rng(seed, i)``, so each clip depends only on (seed, i, data, duration, family) and
+    the same seed gives the same frames and audio. ``duration`` defaults to two clips of the
+    config (``2 * data.clip_seconds``). Returns the mp4 paths in clip order.
     """
     if num_clips < 0:
         raise ValueError(f"num_clips must be >= 0, got {num_clips}")
     out_dir = Path(out_dir)
-    table = class_table(data.num_classes)
-    check_pitches(data)
+    table = class_table(data.num_classes, family)
+    check_pitches(data, family)
     duration = 2.0 * data.clip_seconds if duration is None else float(duration)
     if duration <= 0:
         raise ValueError(f"duration must be > 0, got {duration}")
     if data.resolution % 2:
         raise ValueError(f"H.264 needs an even data.resolution, got {data.resolution}")
     log.info(
-        "synthesizing %d clips of %.2fs, %d classes, %dx%d at %g fps, %d Hz, into %s",
-        num_clips, duration, len(table), data.resolution, data.resolution, data.fps,
+        "synthesizing %d %s clips of %.2fs, %d classes, %dx%d at %g fps, %d Hz, into %s",
+        num_clips, family, duration, len(table), data.resolution, data.resolution, data.fps,
         data.sample_rate, out_dir,
     )  # fmt: skip
     paths = []
     width = max(5, len(str(max(num_clips - 1, 0))))
     for i in progress(range(num_clips), total=num_clips, desc="synth-data"):
         k = i % len(table)
-        clip = synthesize_clip(clip_rng(seed, i), k, data, duration)
+        clip = synthesize_clip(clip_rng(seed, i), k, data, duration, family)
         clip.extra = {"seed": seed, "clip_index": i, "rng": f"numpy default_rng([{seed}, {i}])"}
         name = f"{i:0{width}d}"
         path = out_dir / table[k]["name"] / f"{name}.mp4"

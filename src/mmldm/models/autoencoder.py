@@ -45,6 +45,7 @@ class MultiModalAutoencoder(nn.Module):
             ae.head_channels,
             num_key_frames=len(ae.key_frames),
             latent_size=r,
+            per_frame=ae.video_latent == "key_frames",
         )
         self.audio_encoder = AudioEncoder(
             vae_ch, ae.latent_channels, ae.audio_widths, ae.num_res_blocks, ae.head_channels

@@ -63,7 +63,12 @@ def small_posterior(conv: nn.Conv2d, latent_channels: int, logvar: float = -6.0)
 
 
 class VideoEncoder(nn.Module):
-    """``[B, K, Cin, h, w]`` key-frame latents -> moments ``[B, 2C, h / 2^(L-1), ...]``."""
+    """``[B, K, Cin, h, w]`` key-frame latents -> moments ``[B, 2C, h / 2^(L-1), ...]``.
+
+    ``per_frame=False`` (paper): z is read at the content slot. ``per_frame=True``: each key
+    frame's slot gives C / K channels, stacked in key-frame order (z[:, k*C/K : (k+1)*C/K] is
+    key frame k's group); the temporal attention still mixes every slot before the read-out.
+    """
 
     def __init__(
         self,
@@ -74,9 +79,12 @@ class VideoEncoder(nn.Module):
         head_channels: int,
         num_key_frames: int,
         latent_size: int,
+        per_frame: bool = False,
     ) -> None:
         super().__init__()
         slots = num_key_frames + 1
+        self.per_frame = per_frame
+        out_channels = latent_channels // num_key_frames if per_frame else latent_channels
         self.content = nn.Parameter(torch.zeros(1, 1, in_channels, latent_size, latent_size))
         self.stem = nn.Conv3d(in_channels, widths[0], kernel_size=3, padding=1)
         self.blocks = nn.ModuleList()
@@ -95,7 +103,7 @@ class VideoEncoder(nn.Module):
                 ch = width
             if level < len(widths) - 1:
                 self.blocks.append(Downsample(ch))
-        moments = small_posterior(nn.Conv2d(ch, 2 * latent_channels, 3, padding=1), latent_channels)
+        moments = small_posterior(nn.Conv2d(ch, 2 * out_channels, 3, padding=1), out_channels)
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), moments)
 
     def forward(self, key_latents: torch.Tensor) -> DiagonalGaussian:
@@ -108,7 +116,12 @@ class VideoEncoder(nn.Module):
                 continue
             res, spatial, temporal = block
             x = temporal(per_slot(spatial, per_slot(res, x)))
-        return DiagonalGaussian.from_moments(self.out(x[:, 0]))  # read at the content slot
+        if not self.per_frame:
+            return DiagonalGaussian.from_moments(self.out(x[:, 0]))  # read at the content slot
+        moments = per_slot(self.out, x[:, 1:])  # [B, K, 2c, h, w]: one group per key frame
+        mean, logvar = moments.chunk(2, dim=2)  # each [B, K, c, h, w] -> [B, K*c, h, w]
+        moments = torch.cat([mean.flatten(1, 2), logvar.flatten(1, 2)], dim=1)
+        return DiagonalGaussian.from_moments(moments)
 
 
 class AudioEncoder(nn.Module):

@@ -103,14 +103,36 @@ class DecoderCondition:
         )
 
 
+def key_frame_weights(position: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation weights ``[N, K]`` of frame positions ``[N]`` between the key frame
+    positions ``keys [K]`` (increasing, same unit); clamped to the first / last key frame."""
+    if len(keys) == 1:
+        return torch.ones(len(position), 1, device=position.device, dtype=position.dtype)
+    pos = position.clamp(keys[0], keys[-1])
+    right = torch.searchsorted(keys, pos, right=True).clamp(1, len(keys) - 1)  # [N]
+    lo, hi = keys[right - 1], keys[right]
+    frac = ((pos - lo) / (hi - lo))[:, None]  # [N, 1]
+    cols = torch.arange(len(keys), device=position.device)[None]
+    return (cols == (right - 1)[:, None]) * (1 - frac) + (cols == right[:, None]) * frac
+
+
 class ConditionBranch(nn.Module):
-    """One modality's conditioning: z -> skip residuals, content vector and context tokens."""
+    """One modality's conditioning: z -> skip residuals, content vector and context tokens.
+
+    With ``autoencoder.video_latent = key_frames`` the video branch also reads, for target
+    frame i, z's channel group of its key frame (interpolated between the two around it),
+    concatenated to z: the frame's own spatial layout enters the UNet directly.
+    """
 
     def __init__(self, cfg: Config, latent_size: int, frame_aware: bool) -> None:
         super().__init__()
         d, ae = cfg.decoder, cfg.autoencoder
         self.scale = cfg.vae_latent_size // latent_size
         self.frame_index_scale = d.frame_index_scale
+        grouped = frame_aware and ae.video_latent == "key_frames"
+        self.groups = len(ae.key_frames) if grouped else 0
+        keys = torch.tensor(ae.key_frames, dtype=torch.float32) / cfg.data.num_frames
+        self.register_buffer("key_positions", keys, persistent=False)  # in units of index / F
         widths = [max(8, c // 2) for c in d.block_out_channels]  # a half-width encoder per scale
         emb_dim = 4 * widths[0] if frame_aware else None
         self.index_embed = (
@@ -118,7 +140,8 @@ class ConditionBranch(nn.Module):
             if frame_aware
             else None
         )
-        self.stem = nn.Conv2d(ae.latent_channels, widths[0], 3, padding=1)
+        group = ae.latent_channels // self.groups if self.groups else 0
+        self.stem = nn.Conv2d(ae.latent_channels + group, widths[0], 3, padding=1)
         self.levels = nn.ModuleList()
         self.downs = nn.ModuleList()
         ch = widths[0]
@@ -176,7 +199,12 @@ class ConditionBranch(nn.Module):
             # DESIGN.md 8.4: index / F is in [0, 1); scaled so that neighbours differ.
             sin = sinusoidal_embedding(frame_index * self.frame_index_scale, self.stem.out_channels)
             emb = self.index_embed(sin.to(z.dtype))
-        h = self.stem(F.interpolate(z, scale_factor=self.scale, mode="nearest"))
+        z_in = z
+        if self.groups:  # [N, C, h, w] -> groups [N, K, C/K, h, w] -> frame i's [N, C/K, h, w]
+            w = key_frame_weights(frame_index.to(self.key_positions), self.key_positions)
+            groups = z.unflatten(1, (self.groups, -1))
+            z_in = torch.cat([z, torch.einsum("nk,nkchw->nchw", w.to(z.dtype), groups)], dim=1)
+        h = self.stem(F.interpolate(z_in, scale_factor=self.scale, mode="nearest"))
         features = []
         for level, down in zip(self.levels, self.downs, strict=True):
             h = level(h, emb)
