@@ -218,41 +218,107 @@ def test_key_frame_weights_interpolate_between_key_frames():
     )
 
 
-def test_key_frame_latent_keeps_paper_shapes_and_routes_each_frame_its_group():
-    """autoencoder.video_latent=key_frames: z_v keeps its shape (16x16x16 in the paper), one
-    channel group per key frame, and frame i's decoder branch reads the group of frame i."""
-    cfg = load_config("paper_landscape", ["autoencoder.video_latent=key_frames"])
+def test_frame_channels_keep_paper_shapes_and_route_each_frame_its_group():
+    """autoencoder.frame_channels=N: z_v keeps its shape (16x16x16 in the paper), its last
+    K * N channels are one group per key frame, and frame i's decoder branch reads frame i's."""
+    cfg = load_config("paper_landscape", ["autoencoder.frame_channels=2"])
+    assert cfg.autoencoder.clip_channels == 16 - 4 * 2
     with torch.device("meta"):
         model = MultiModalAutoencoder(cfg)
         enc = model.encode(torch.empty(2, 4, 4, 32, 32), torch.empty(2, 4, 32, 32))
     assert enc.z_v.shape == (2, 16, 16, 16) and enc.s_v.shape == (2, 768, 2, 2)
-    with pytest.raises(Exception, match="multiple of the 3 key frames"):
-        load_config(
-            "tiny", ["autoencoder.video_latent=key_frames", "autoencoder.key_frames=[0,1,3]"]
-        )
+    with pytest.raises(Exception, match="frame_channels"):
+        load_config("tiny", ["autoencoder.frame_channels=2"])  # 4 key frames x 2 > 4 channels
 
     torch.manual_seed(0)
-    cfg = load_config("tiny", ["autoencoder.video_latent=key_frames"])  # 4 frames, 4 groups
-    model = MultiModalAutoencoder(cfg)
+    cfg = load_config("tiny", ["autoencoder.latent_channels=6", "autoencoder.frame_channels=1"])
+    model = MultiModalAutoencoder(cfg)  # 2 clip channels, then one channel per frame
+    z_v = model.encode(torch.randn(1, 4, 4, 16, 16), torch.randn(1, 4, 16, 16)).z_v
+    assert z_v.shape == (1, 6, 8, 8)
     branch = model.decoder.branches["video"]
-    assert branch.groups == 4 and branch.stem.in_channels == 4 + 1
-    z = torch.randn(1, 4, 8, 8)
+    assert branch.frame_channels == 1 and branch.stem.in_channels == 6 + 1
+    z = torch.randn(1, 6, 8, 8)
     s = torch.randn(1, *cfg.semantic_shape)
     with torch.no_grad():
-        branch.stem.weight[:, :4] = 0  # only the selected group reaches the residuals now
+        branch.stem.weight[:, :6] = 0  # only the selected group reaches the residuals now
         for conv in branch.skip_convs:
             torch.nn.init.normal_(conv.weight)
     for frame in range(4):
-        other = z.clone()
-        other[:, [g for g in range(4) if g != frame]] += 5.0  # every other group changes
+        group = 2 + frame
 
         def residual(latent, frame=frame):
             index = torch.tensor([frame / 4])
             cond = branch(latent, s, None, torch.ones(1), frame_index=index)
             return cond.residuals[0]
 
+        other = z.clone()
+        other[:, [c for c in range(6) if c != group]] += 5.0  # every other channel changes
+        changed = z.clone()
+        changed[:, group] += 5.0
         with torch.no_grad():
             assert torch.allclose(residual(z), residual(other), atol=1e-5)
-            changed = z.clone()
-            changed[:, frame] += 5.0
             assert not torch.allclose(residual(z), residual(changed), atol=1e-3)
+
+
+def test_decoder_without_class_embedding_ignores_labels():
+    """decoder.class_embedding=false: no label reaches the decoder; class must come from z
+    and the other modality's semantic feature."""
+    torch.manual_seed(0)
+    cfg = load_config("tiny", ["decoder.class_embedding=false"])
+    model = MultiModalAutoencoder(cfg)
+    assert model.decoder.class_embed is None and model.classifier is not None
+    with_class = MultiModalAutoencoder(load_config("tiny")).decoder
+    z, s = torch.randn(2, 4, 4, 4), torch.randn(2, *cfg.semantic_shape)
+    keep = torch.ones(2)
+    a = model.decoder.condition("audio", z, s, torch.tensor([0, 1]), keep)
+    b = model.decoder.condition("audio", z, s, torch.tensor([2, 2]), keep)
+    assert torch.equal(a.context, b.context)
+    labelled = with_class.condition("audio", z, s, torch.tensor([0, 1]), keep)
+    assert labelled.context.shape[1] == a.context.shape[1] + 1  # the class token is gone
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_shared_decoder_noise_gives_frames_one_start(shared):
+    """sample.decoder_shared_noise: every frame of a clip starts from the same noise. At
+    initialisation the conditioning is a no-op (zero-initialised last layers), so frames then
+    decode identically; with a draw per frame they differ."""
+    from mmldm.audio.vocoder import load_vocoder_from_config
+    from mmldm.decode import decode_latents
+
+    torch.manual_seed(0)
+    cfg = load_config("tiny", [f"sample.decoder_shared_noise={str(shared).lower()}"])
+    model = MultiModalAutoencoder(cfg).eval()
+    vae = build_vae(cfg.vae).eval()
+    vocoder = load_vocoder_from_config(cfg)
+    z_a, z_v = torch.randn(2, *cfg.audio_latent_shape), torch.randn(2, *cfg.video_latent_shape)
+    out = decode_latents(model, vae, vocoder, z_a, z_v, steps=2, generator=torch.Generator())
+    same = torch.allclose(out.frames[:, :1].expand_as(out.frames), out.frames, atol=1e-5)
+    assert same == shared
+
+
+def test_vae_latent_cache_encodes_each_clip_once_and_draws_from_its_posterior(setup, monkeypatch):
+    from mmldm.models.autoencoder import VAELatentCache
+
+    cfg, _, vae, _, _, _ = setup
+    g = torch.Generator().manual_seed(3)
+    video = torch.rand(3, cfg.data.num_frames, 3, 32, 32, generator=g) * 2 - 1
+    audio = 0.3 * torch.sin(torch.arange(6400) / 16000 * 2 * torch.pi * 440).expand(3, -1)
+    cache = VAELatentCache(vae)
+    calls, encode = [], vae.encode
+    monkeypatch.setattr(vae, "encode", lambda x: calls.append(len(x)) or encode(x))
+    keys = [("a.mp4", 0.0), ("b.mp4", 0.0), ("a.mp4", 0.4)]
+    inputs = vae_inputs(vae, cfg, video, audio, 2, cache=cache, keys=keys, generator=g)
+    assert calls == [3 * (cfg.data.num_frames + 1)]  # every frame and the audio image, once
+    again = vae_inputs(vae, cfg, video, audio, 2, cache=cache, keys=keys[::-1], generator=g)
+    assert calls == [3 * (cfg.data.num_frames + 1)] and len(cache.store) == 3
+    monkeypatch.undo()
+    plain = vae_inputs(vae, cfg, video, audio, 2, generator=g)
+    for a, b in ((inputs, plain), (again, plain)):
+        assert a.key_latents.shape == b.key_latents.shape
+        assert a.target_latents.shape == b.target_latents.shape
+        assert a.audio_latent.shape == b.audio_latent.shape
+    # the draws come from each frame's posterior: mean +- a few std
+    dist = vae.encode(video[0].float()).latent_dist
+    scale = vae.config.scaling_factor
+    deviation = (inputs.key_latents[0] / scale - dist.mean[cfg.autoencoder.key_frames]).abs()
+    assert (deviation <= 6 * dist.std[cfg.autoencoder.key_frames] + 1e-4).all()

@@ -131,3 +131,54 @@ def test_long_branch_reads_the_previous_clip():
             DiTInputs(z_a, z_v, t, prev_a=-torch.ones_like(z_a), prev_v=-torch.ones_like(z_v))
         )
     assert (v1 - v2).abs().max() > 1e-4 and (a1 - a2).abs().max() > 1e-4
+
+
+FRAMES = ["autoencoder.latent_channels=6", "autoencoder.frame_channels=1", "dit.frame_tokens=true"]
+
+
+def test_frame_tokens_layout_round_trip_and_loss():
+    """dit.frame_tokens: z_v's clip channels give spatial tokens, each key frame's group one
+    token with a time position; the tokens map back to the same latent; the loss falls."""
+    with pytest.raises(Exception, match="frame_channels"):
+        load_config("tiny", ["dit.frame_tokens=true"])
+    cfg = load_config("tiny", [*FRAMES, "dit.long=true"])  # 2 clip channels + 4 frames x 1
+    model = MultiModalDiT(cfg)
+    video = model.video
+    assert video.channels == 2 and video.num_frames == 4
+    assert video.num_tokens == 64 + 4  # 8x8 spatial tokens + one per key frame
+    z_v = torch.randn(2, *cfg.video_latent_shape)
+    patches, frames = video.patchify(z_v), video.frames(z_v)
+    assert patches.shape == (2, 64, 2) and frames.shape == (2, 4, 64)
+    assert torch.equal(frames[:, 1], z_v[:, 3].flatten(1))  # key frame 1's channel
+    assert torch.equal(video.unpatchify(patches, frames), z_v)
+    tokens = video(z_v)
+    assert tokens.shape == (2, 68, cfg.dit.hidden_size)
+    # the time positions tell the frame tokens apart, and a frame token sees only its frame
+    assert not torch.allclose(tokens[:, 64], tokens[:, 65])
+    moved = z_v.clone()
+    moved[:, 4] += 1.0  # key frame 2's channel
+    changed = (video(moved) - tokens).abs().amax(dim=(0, 2)) > 0
+    assert changed.tolist() == [False] * 66 + [True, False]
+    z_a = torch.randn(2, *cfg.audio_latent_shape)
+    out_a, out_v = model(DiTInputs(z_a, z_v, torch.tensor([3, 900])))
+    assert out_a.shape == z_a.shape and out_v.shape == z_v.shape
+    assert torch.equal(out_v, torch.zeros_like(out_v))  # zero-initialised final layers
+
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    abar = alphas_cumprod(cfg.diffusion)
+    batch = {
+        "z_a": torch.randn(4, *cfg.audio_latent_shape) * 0.1 + 1.0,
+        "z_v": torch.randn(4, *cfg.video_latent_shape) * 0.1 - 1.0,
+        "label": torch.tensor([0, 1, 2, 0]),
+    }
+    batch.update(prev_a=batch["z_a"], prev_v=batch["z_v"], has_prev=torch.ones(4, dtype=bool))
+    losses = []
+    for step in range(40):
+        torch.manual_seed(step % 5)
+        loss, logs = generator_loss(model, batch, cfg, abar)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(logs["loss"])
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])

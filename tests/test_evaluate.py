@@ -206,3 +206,29 @@ def test_evaluate_names_a_generated_file_that_is_too_short(synthetic, tmp_path, 
     assert "00000.mp4" in err and "shorter than requested" in err
     assert main([*argv[:-1], str(tmp_path / "nothing"), "--config", "demo", "-q"]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_evaluate_scores_outputs_against_the_clips_their_records_name(synthetic, tmp_path):
+    """A folder of 'reconstructions' (here: copies of the sources, one of them replaced by
+    another clip) with a record naming each source: positions and events are compared with
+    the source's, and with other sources' for chance."""
+    cfg, root = synthetic
+    sources = sorted((root / "fake").rglob("*.mp4"))
+    out = tmp_path / "recon"
+    out.mkdir()
+    records = []
+    for i, source in enumerate(sources):
+        copied = sources[-1] if i == 0 else source  # sample 0 is another class's clip
+        shutil.copy(copied, out / f"recon_{i}.mp4")
+        records.append({"file": f"recon_{i}.mp4", "condition": str(source)})
+    (out / "reconstruction.json").write_text(json.dumps({"samples": records}))
+    result = evaluate(root / "real", out, cfg=cfg, num=16)
+    synthetic_result = result["synthetic"]
+    assert synthetic_result["paired_clips"] == len(sources)
+    paired, chance = synthetic_result["paired"], synthetic_result["paired_chance"]
+    n = len(sources)
+    assert paired["position_within_2px"] == pytest.approx((n - 1) / n, abs=0.02)
+    assert paired["video_class_accuracy"] == pytest.approx((n - 1) / n)
+    assert paired["video_event_f1"] >= 0.8 and paired["audio_event_f1"] >= 0.8
+    assert chance["position_within_2px"] < 0.3
+    assert "position within 2px" in __import__("mmldm.evaluate").evaluate.format_report(result)

@@ -74,3 +74,18 @@ def test_non_main_process_writes_nothing(tmp_path, cfg):
     with RunLogger(tmp_path / "run", cfg, main_process=False) as logger:
         assert logger.log(1, {"loss": 1.0}) == {}
     assert not (tmp_path / "run").exists()
+
+
+def test_learning_rate_schedules():
+    import math
+
+    from mmldm.config import StageTrainConfig
+    from mmldm.train.common import lr_at
+
+    constant = StageTrainConfig(lr=1e-3, max_steps=100, warmup_steps=10)
+    assert lr_at(0, constant) == 1e-4 and lr_at(9, constant) == 1e-3 and lr_at(99, constant) == 1e-3
+    cosine = StageTrainConfig(lr=1e-3, max_steps=110, warmup_steps=10, lr_schedule="cosine")
+    assert lr_at(4, cosine) == lr_at(4, constant)  # the same warm-up
+    assert lr_at(10, cosine) == 1e-3  # the top right after it
+    assert math.isclose(lr_at(60, cosine), 1e-3 * (0.1 + 0.9 * 0.5))  # halfway
+    assert math.isclose(lr_at(110, cosine), 1e-4) and math.isclose(lr_at(500, cosine), 1e-4)

@@ -141,12 +141,13 @@ class AutoencoderConfig:
 
     latent_channels: int = 16  # C of z_v and z_a
     key_frames: list[int] = field(default_factory=lambda: [0, 5, 10, 15])  # frames encoded
-    # How z_v holds time. "clip" (paper): one latent read at the encoder's content slot; the
-    # decoder must find frame i in it from the index alone. "key_frames": z_v's channels are
-    # one group per key frame, each read at that frame's slot (after temporal attention), and
-    # the decoder of frame i is given the group of its key frame (interpolated between the two
-    # around it), so that where the object is in frame i cannot be lost.
-    video_latent: str = "clip"
+    # How z_v holds time. 0 (paper): all of z_v is read at the encoder's content slot, and the
+    # decoder must find frame i in it from the index alone. N > 0: the last K * N channels of
+    # z_v are N per key frame, each group read at that frame's slot (after temporal attention),
+    # and the decoder of frame i is also given the group of its key frame (interpolated between
+    # the two around it), so where the object is in frame i cannot be lost; the first
+    # C - K * N channels stay the clip's (read at the content slot: what does not change).
+    frame_channels: int = 0
     video_widths: list[int] = field(default_factory=lambda: [320, 640])  # f_v = 2
     audio_widths: list[int] = field(default_factory=lambda: [320, 640, 1280])  # f_a = 4
     num_res_blocks: int = 2
@@ -180,13 +181,17 @@ class AutoencoderConfig:
                 raise ConfigError(f"config key 'autoencoder.{name}' must be >= 0")
         if not self.key_frames or sorted(set(self.key_frames)) != list(self.key_frames):
             raise ConfigError("config key 'autoencoder.key_frames' must be increasing and unique")
-        _choice(self.video_latent, ("clip", "key_frames"), "autoencoder.video_latent")
-        if self.video_latent == "key_frames" and self.latent_channels % len(self.key_frames):
+        if not 0 <= len(self.key_frames) * self.frame_channels <= self.latent_channels:
             raise ConfigError(
-                f"config key 'autoencoder.latent_channels' ({self.latent_channels}) must be a "
-                f"multiple of the {len(self.key_frames)} key frames with "
-                "autoencoder.video_latent=key_frames (one channel group per key frame)"
+                f"config key 'autoencoder.frame_channels' ({self.frame_channels}) x "
+                f"{len(self.key_frames)} key frames must be within 0..latent_channels "
+                f"({self.latent_channels})"
             )
+
+    @property
+    def clip_channels(self) -> int:
+        """Channels of z_v read at the content slot (all of them in the paper)."""
+        return self.latent_channels - len(self.key_frames) * self.frame_channels
 
     @property
     def video_downsample(self) -> int:
@@ -210,6 +215,11 @@ class DecoderConfig:
     shared: bool = True  # ablation: one decoder for both modalities (paper) or one each
     modality_embedding: bool = True  # ablation switch
     content_feature: bool = True  # ablation switch: pooled z added to the time embedding
+    # The class embedding in the cross-attention context (paper; given by the classification
+    # head at generation time). Without it the decoder must take class from its own z and the
+    # other modality's semantic feature s: in a2v / v2a that s comes from the given clip, so a
+    # misjudged class of a generated pair cannot recolour (or re-pitch) the output.
+    class_embedding: bool = True
     frame_index_scale: float = 1000.0  # DESIGN.md 8.4: index / F in [0, 1) scaled before embedding
 
     def __post_init__(self) -> None:
@@ -263,6 +273,9 @@ class DiTConfig:
     v2a_prob: float = 0.05  # share given z_v (video-to-audio); exclusive with a2v
     class_conditional: bool = False  # our extension: a label embedding with its own dropout
     class_drop_prob: float = 0.1
+    # one token per key frame for z_v's frame groups (autoencoder.frame_channels > 0), besides
+    # the spatial tokens of its clip channels: attention between frames and with the audio
+    frame_tokens: bool = False
     long: bool = False  # second branch reading the previous clip (long / continuation)
     long_depth: int = 0  # depth of that branch; 0 = depth // 2
     prev_video_drop_prob: float = 0.2
@@ -315,6 +328,8 @@ class StageTrainConfig:
     lr: float = 1e-4
     max_steps: int = 10000
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant (published) | cosine (decays to min_lr_ratio * lr)
+    min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
@@ -323,6 +338,8 @@ class StageTrainConfig:
 
     def _validate(self, prefix: str) -> None:
         _positive(self, prefix, "batch_size", "lr", "max_steps", "grad_accum")
+        _choice(self.lr_schedule, ("constant", "cosine"), f"{prefix}.lr_schedule")
+        _probability(self, prefix, "min_lr_ratio")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError(f"config keys '{prefix}.warmup_steps/weight_decay/grad_clip' >= 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -338,6 +355,9 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
     gradient_checkpointing: bool = False
+    # autoencoder training: keep the frozen VAE's posteriors of each clip in memory after its
+    # first encoding (the VAE encode is a quarter of a demo step); for datasets that fit in RAM
+    cache_vae_latents: bool = False
     log_every: int = 10
     checkpoint_every: int = 1000
     sample_every: int = 2000
@@ -427,6 +447,11 @@ class Config:
             raise ConfigError(
                 "config key 'autoencoder.target_frames' must be >= 2 with the adversarial loss "
                 "(autoencoder.gan_weight > 0): the discriminator judges frame pairs"
+            )
+        if self.dit.frame_tokens and not ae.frame_channels:
+            raise ConfigError(
+                "config key 'dit.frame_tokens' needs autoencoder.frame_channels > 0 (z_v's "
+                "channel groups per key frame are what the frame tokens hold)"
             )
         factor = self.vae.downsample * max(ae.video_downsample, ae.audio_downsample)
         if data.resolution % factor:

@@ -49,11 +49,11 @@ class Stages:
     # rough shares of the total time on a 2-core CPU, for the estimate
     WEIGHTS = {
         "data": 1,
-        "vae": 16,
-        "autoencoder": 30,
+        "vae": 20,
+        "autoencoder": 28,
         "latents": 1,
-        "generator": 48,
-        "samples": 4,
+        "generator": 40,
+        "samples": 9,
         "evaluate": 1,
         "gallery": 1,
     }

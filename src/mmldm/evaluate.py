@@ -28,7 +28,11 @@ report names. A metric whose weights are missing is listed with the option it ne
 
 When the data look like ``mmldm synth-data`` output (sidecars or class folders), the
 synthetic-benchmark scores (:mod:`mmldm.metrics.synthetic_scores`) are computed too, for the
-generated clips, the real ones (ceiling) and shuffled real pairs (chance).
+generated clips, the real ones (ceiling) and shuffled real pairs (chance). Generated clips
+whose JSON record names the clip they were made from (a reconstruction's source, an a2v / v2a
+condition: ``"condition"`` per sample, or the batch's ``{"audio" | "video", "start"}`` as
+``mmldm sample`` writes) are also scored against it: object positions and each modality's
+events kept, beside the same scores against other clips' sources (chance).
 """
 
 from __future__ import annotations
@@ -51,17 +55,20 @@ from mmldm import __version__
 from mmldm.config import Config, DataConfig, load_config
 from mmldm.console import progress
 from mmldm.data.clips import frames_to_tensor_layout, resize_frames
-from mmldm.data.dataset import VIDEO_EXTENSIONS, DatasetError, SoundingVideoDataset
+from mmldm.data.dataset import VIDEO_EXTENSIONS, DatasetError, SoundingVideoDataset, decode_span
 from mmldm.data.media import MediaError, read_media
 from mmldm.data.synthetic import max_step
 from mmldm.metrics.audioclip import FAD_SCALE, AudioCLIPEmbedder, load_audioclip
 from mmldm.metrics.frechet import FeatureStats, kernel_distance
 from mmldm.metrics.i3d import I3DFeatureExtractor, load_i3d
 from mmldm.metrics.synthetic_scores import (
+    RECONSTRUCTION_SCORES,
     SCORE_NAMES,
     Detections,
     detect_sample,
     label_from_path,
+    reconstruction_scores,
+    shuffled_pairing,
     synthetic_family,
     synthetic_scores,
 )
@@ -98,6 +105,29 @@ def list_fake_videos(folder: str | Path) -> list[Path]:
     if not files:
         raise DatasetError(f"{root}: no video files (.mp4, ...) in this folder")
     return files
+
+
+def sample_sources(fake_paths: list[Path]) -> dict[str, tuple[Path, float]]:
+    """{generated file: (the clip it was made from, start in seconds)} from the JSON records
+    beside the files (see the module docstring); files without one are left out."""
+    sources: dict[str, tuple[Path, float]] = {}
+    for folder in sorted({p.parent for p in fake_paths}):
+        for record_file in sorted(folder.glob("*.json")):
+            try:
+                content = json.loads(record_file.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if not isinstance(content, dict) or not isinstance(content.get("samples"), list):
+                continue
+            batch = content.get("condition") if isinstance(content.get("condition"), dict) else {}
+            for record in content["samples"]:
+                if not isinstance(record, dict) or "file" not in record:
+                    continue
+                source = record.get("condition") or batch.get("video") or batch.get("audio")
+                if source and Path(source).is_file():
+                    start = float(record.get("start", batch.get("start") or 0.0))
+                    sources[str(folder / record["file"])] = (Path(source), start)
+    return sources
 
 
 def read_fake_clip(path: Path, data: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,6 +279,52 @@ def _frechet(real: FeatureStats, fake: FeatureStats, what: str) -> float:
     return real.frechet_distance(fake)
 
 
+def _paired_scores(
+    detections: list[Detections],
+    fake_paths: list[Path],
+    cfg: Config,
+    synthetic: tuple[str, int],
+    seed: int,
+) -> dict[str, Any]:
+    """Generated clips against the clips they were made from (when their records say which):
+    ``{"paired": scores, "paired_chance": against other clips' sources, "paired_clips": n}``,
+    or {} when no record names a source."""
+    sources = sample_sources(fake_paths)
+    pairs = [d for d in detections if d.path in sources]
+    if not pairs:
+        return {}
+    family, num_classes = synthetic
+    data = cfg.data
+    originals = []
+    for d in pairs:
+        path, start = sources[d.path]
+        frames, audio = decode_span(path, data, start, data.clip_seconds)
+        originals.append(
+            detect_sample(
+                frames,
+                audio,
+                fps=data.fps,
+                sample_rate=data.sample_rate,
+                num_classes=num_classes,
+                label=label_from_path(path, num_classes, family),
+                path=str(path),
+                family=family,
+                max_step=max_step(data, family),
+            )
+        )
+    keys = cfg.autoencoder.key_frames
+    chance = (
+        reconstruction_scores(pairs, originals, keys, shuffled_pairing(len(pairs), seed))
+        if len(pairs) >= 2
+        else {}
+    )
+    return {
+        "paired": reconstruction_scores(pairs, originals, keys),
+        "paired_chance": chance,
+        "paired_clips": len(pairs),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # The evaluation
 # --------------------------------------------------------------------------------------------
@@ -379,6 +455,7 @@ def evaluate(
 
     synthetic = None
     if found is not None:
+        paired = _paired_scores(fake_side.detections, fake_paths, cfg, found, seed)
         fake_scores = synthetic_scores(fake_side.detections, seed)
         real_scores = synthetic_scores(real_side.detections, seed)
         labelled = sum(d.label is not None for d in fake_side.detections)
@@ -390,6 +467,7 @@ def evaluate(
             "real": real_scores["value"],  # ceiling
             "chance": real_scores["shuffled"],  # shuffled real pairs
             "generated_labelled_clips": labelled,
+            **paired,
             "note": (
                 "class accuracies against the conditioned class (sidecar or class folder)"
                 if labelled
@@ -472,6 +550,18 @@ def format_report(result: dict[str, Any]) -> str:
                         _fmt_score(synthetic["chance"].get(name)),
                     )
                 )
+        if synthetic.get("paired"):
+            table.append(("against each clip's source", "", "", "other clips' (chance)"))
+            for name in RECONSTRUCTION_SCORES:
+                if name in synthetic["paired"]:
+                    table.append(
+                        (
+                            f"  {name.replace('_', ' ')}",
+                            _fmt_score(synthetic["paired"][name]),
+                            "",
+                            _fmt_score(synthetic["paired_chance"].get(name)),
+                        )
+                    )
         widths = [max(len(r[i]) for r in table) for i in range(4)]
         lines += ["  ".join(r[i].ljust(widths[i]) for i in range(4)).rstrip() for r in table]
     settings = result["settings"]

@@ -45,7 +45,7 @@ class MultiModalAutoencoder(nn.Module):
             ae.head_channels,
             num_key_frames=len(ae.key_frames),
             latent_size=r,
-            per_frame=ae.video_latent == "key_frames",
+            frame_channels=ae.frame_channels,
         )
         self.audio_encoder = AudioEncoder(
             vae_ch, ae.latent_channels, ae.audio_widths, ae.num_res_blocks, ae.head_channels
@@ -126,6 +126,37 @@ class VAEInputs:
     target_latents: torch.Tensor  # [B, n, 4, R, R]
 
 
+class VAELatentCache:
+    """The frozen VAE's posterior (mean, std) of every frame and of the audio image of each
+    clip seen, kept in memory, so that each epoch after the first only draws from them
+    (``train.cache_vae_latents``). Keyed by (path, start, flipped); for small datasets: the
+    demo's 192 clips take 7 MB, a 256^2 clip of 16 frames 0.6 MB."""
+
+    def __init__(self, vae) -> None:
+        self.vae = vae
+        self.store: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def posteriors(
+        self, keys: list[tuple], video: torch.Tensor, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``video [B, F, 3, S, S]``, ``image [B, 3, S, S]`` -> (mean, std) ``[B, F + 1, C, R, R]``
+        (frames, then the audio image), encoding only the clips not seen before."""
+        missing = [i for i, key in enumerate(keys) if key not in self.store]
+        if missing:
+            b, f = len(missing), video.shape[1]
+            images = torch.cat([video[missing].flatten(0, 1), image[missing]])
+            dist = self.vae.encode(images.to(next(self.vae.parameters()).dtype)).latent_dist
+            frames_mean, audio_mean = dist.mean.split([b * f, b])
+            frames_std, audio_std = dist.std.split([b * f, b])
+            mean = torch.cat([frames_mean.unflatten(0, (b, f)), audio_mean[:, None]], dim=1)
+            std = torch.cat([frames_std.unflatten(0, (b, f)), audio_std[:, None]], dim=1)
+            for j, i in enumerate(missing):
+                self.store[keys[i]] = (mean[j], std[j])
+        mean, std = zip(*(self.store[key] for key in keys), strict=True)
+        return torch.stack(mean), torch.stack(std)
+
+
 @torch.no_grad()
 def vae_inputs(
     vae,
@@ -136,6 +167,8 @@ def vae_inputs(
     *,
     flip: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    cache: VAELatentCache | None = None,
+    keys: list[tuple] | None = None,
 ) -> VAEInputs:
     """Clips -> VAE latents of key frames, target frames and the audio image, in one VAE pass.
 
@@ -144,6 +177,8 @@ def vae_inputs(
         num_targets: frames drawn per clip for the decoder (autoencoder.target_frames while
             training; increasing per clip).
         flip: ``[B]`` bool, mirror those clips' frames (training augmentation).
+        cache, keys: draw the latents from cached posteriors of the clips named by ``keys``
+            ((path, start) each) instead of encoding them (:class:`VAELatentCache`).
     """
     from mmldm.audio.mel import audio_image
     from mmldm.models.vae import encode
@@ -154,19 +189,30 @@ def vae_inputs(
     image = audio_image(audio, cfg.data).to(video.dtype)
     scores = torch.rand(b, f, generator=generator, device=video.device)
     target_index = scores.argsort(dim=1)[:, :num_targets].sort(dim=1).values  # i < j
-    key = video[:, cfg.autoencoder.key_frames]
+    key_frames = cfg.autoencoder.key_frames
     targets = torch.gather(
         video, 1, target_index[:, :, None, None, None].expand(-1, -1, *video.shape[2:])
     )
-    k, n = key.shape[1], num_targets
-    images = torch.cat([key.flatten(0, 1), targets.flatten(0, 1), image])  # one VAE batch
-    latents = encode(vae, images.to(next(vae.parameters()).dtype))
-    key_lat, tgt_lat, audio_lat = latents.split([b * k, b * n, b])
+    if cache is not None:
+        assert keys is not None, "a latent cache needs the clips' keys"
+        flipped = [False] * b if flip is None else flip.tolist()
+        names = [(*key, mirrored) for key, mirrored in zip(keys, flipped, strict=True)]
+        mean, std = cache.posteriors(names, video, image)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = (mean + std * noise) * vae.config.scaling_factor  # [B, F + 1, C, R, R]: a sample
+        index = target_index[:, :, None, None, None].expand(-1, -1, *z.shape[2:])
+        key_lat, tgt_lat, audio_lat = z[:, key_frames], torch.gather(z, 1, index), z[:, f]
+    else:
+        k, n = len(key_frames), num_targets
+        images = torch.cat([video[:, key_frames].flatten(0, 1), targets.flatten(0, 1), image])
+        latents = encode(vae, images.to(next(vae.parameters()).dtype))  # one VAE batch
+        key_lat, tgt_lat, audio_lat = latents.split([b * k, b * n, b])
+        key_lat, tgt_lat = key_lat.unflatten(0, (b, k)), tgt_lat.unflatten(0, (b, n))
     return VAEInputs(
-        key_latents=key_lat.unflatten(0, (b, k)),
+        key_latents=key_lat,
         audio_image=image,
         audio_latent=audio_lat,
         target_index=target_index,
         target_frames=targets,
-        target_latents=tgt_lat.unflatten(0, (b, n)),
+        target_latents=tgt_lat,
     )

@@ -99,36 +99,79 @@ class FinalLayer(nn.Module):
 
 class ModalityTokens(nn.Module):
     """Latent ``[B, C, H, W]`` <-> tokens ``[B, H*W/p^2, D]`` with positions and a modality
-    embedding; also the zero-initialised embedding of a conditioning latent."""
+    embedding; also the zero-initialised embedding of a conditioning latent.
 
-    def __init__(self, channels: int, size: int, patch: int, dim: int) -> None:
+    With ``frame_channels`` N > 0 (``dit.frame_tokens``, for an autoencoder whose z_v ends in
+    one group of N channels per key frame), the first ``C - K N`` channels give the spatial
+    tokens and each key frame's group one more token (its N x H x W values, a 1-D sin-cos
+    position at the frame's index): ``[B, H*W/p^2 + K, D]``, so that attention runs between
+    the frames of the clip and, across modalities, between frames and the audio.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        size: int,
+        patch: int,
+        dim: int,
+        frame_channels: int = 0,
+        frame_times: tuple[int, ...] = (),
+    ) -> None:
         super().__init__()
-        self.patch, self.size, self.channels = patch, size, channels
+        self.patch, self.size = patch, size
+        self.frame_channels = frame_channels
+        self.num_frames = len(frame_times) if frame_channels else 0
+        self.channels = channels - self.num_frames * frame_channels  # per position
         grid = size // patch
-        self.embed = nn.Linear(channels * patch * patch, dim)
+        self.embed = nn.Linear(self.channels * patch * patch, dim)
         # zero-initialised (sec. 3.3) and without bias, so that a zero condition adds exactly
         # nothing: the unconditional model is the conditional one with zeros
-        self.cond = nn.Linear(channels * patch * patch, dim, bias=False)
+        self.cond = nn.Linear(self.channels * patch * patch, dim, bias=False)
         self.register_buffer("pos", sincos_2d(dim, grid, grid)[None], persistent=False)
         self.modality = nn.Parameter(torch.zeros(1, 1, dim))
+        if self.num_frames:
+            values = frame_channels * size * size
+            self.frame_embed = nn.Linear(values, dim)
+            self.frame_cond = nn.Linear(values, dim, bias=False)
+            times = torch.tensor(frame_times, dtype=torch.float32)
+            self.register_buffer("frame_pos", sinusoidal_embedding(times, dim)[None], False)
 
     def patchify(self, z: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> spatial patches ``[B, L, p*p*C']`` of the first C' channels."""
         p = self.patch
-        return rearrange(z, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
+        return rearrange(z[:, : self.channels], "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
 
-    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+    def frames(self, z: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> the key frames' groups ``[B, K, N*H*W]``."""
+        return z[:, self.channels :].unflatten(1, (self.num_frames, -1)).flatten(2)
+
+    def unpatchify(self, tokens: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Spatial patches ``[B, L, p*p*C']`` (and frame groups ``[B, K, N*H*W]``) -> latent."""
         p, g = self.patch, self.size // self.patch
-        return rearrange(tokens, "b (h w) (p q c) -> b c (h p) (w q)", h=g, w=g, p=p, q=p)
+        z = rearrange(tokens, "b (h w) (p q c) -> b c (h p) (w q)", h=g, w=g, p=p, q=p)
+        if frames is None:
+            return z
+        groups = frames.unflatten(2, (self.frame_channels, self.size, self.size)).flatten(1, 2)
+        return torch.cat([z, groups], dim=1)
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         x = self.embed(self.patchify(z)) + self.pos + self.modality
         if cond is not None:
             x = x + self.cond(self.patchify(cond))
-        return x
+        if not self.num_frames:
+            return x
+        f = self.frame_embed(self.frames(z)) + self.frame_pos + self.modality
+        if cond is not None:
+            f = f + self.frame_cond(self.frames(cond))
+        return torch.cat([x, f], dim=1)
+
+    @property
+    def num_spatial(self) -> int:
+        return (self.size // self.patch) ** 2
 
     @property
     def num_tokens(self) -> int:
-        return (self.size // self.patch) ** 2
+        return self.num_spatial + self.num_frames
 
 
 @dataclass
@@ -155,8 +198,10 @@ class MultiModalDiT(nn.Module):
         c_a, s_a, _ = cfg.audio_latent_shape
         c_v, s_v, _ = cfg.video_latent_shape
         dim = d.hidden_size
+        frames = (cfg.autoencoder.frame_channels, tuple(cfg.autoencoder.key_frames))
+        frames = frames if d.frame_tokens else (0, ())
         self.audio = ModalityTokens(c_a, s_a, d.patch_size, dim)
-        self.video = ModalityTokens(c_v, s_v, d.patch_size, dim)
+        self.video = ModalityTokens(c_v, s_v, d.patch_size, dim, *frames)
         self.eos_a = nn.Parameter(torch.zeros(1, 1, dim))
         self.eos_v = nn.Parameter(torch.zeros(1, 1, dim))
         self.context = nn.Parameter(torch.zeros(1, d.num_context_tokens, dim))
@@ -166,12 +211,17 @@ class MultiModalDiT(nn.Module):
         self.y_embed = nn.Embedding(self.num_classes + 1, dim) if self.num_classes else None
         self.blocks = nn.ModuleList(DiTBlock(dim, d.num_heads, d.mlp_ratio) for _ in range(d.depth))
         self.final_a = FinalLayer(dim, c_a * d.patch_size**2)
-        self.final_v = FinalLayer(dim, c_v * d.patch_size**2)
+        self.final_v = FinalLayer(dim, self.video.channels * d.patch_size**2)
+        self.final_frames = (
+            FinalLayer(dim, cfg.autoencoder.frame_channels * s_v * s_v)
+            if self.video.num_frames
+            else None
+        )
         self.long = d.long
         if d.long:
             depth = d.long_depth or max(1, d.depth // 2)
             self.prev_audio = ModalityTokens(c_a, s_a, d.patch_size, dim)
-            self.prev_video = ModalityTokens(c_v, s_v, d.patch_size, dim)
+            self.prev_video = ModalityTokens(c_v, s_v, d.patch_size, dim, *frames)
             self.branch = nn.ModuleList(
                 DiTBlock(dim, d.num_heads, d.mlp_ratio) for _ in range(depth)
             )
@@ -194,6 +244,8 @@ class MultiModalDiT(nn.Module):
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
             nn.init.normal_(tokens.modality, std=0.02)
             nn.init.zeros_(tokens.cond.weight)  # conditions start as a no-op (sec. 3.3)
+            if tokens.num_frames:
+                nn.init.zeros_(tokens.frame_cond.weight)
         for p in (self.eos_a, self.eos_v, self.context):
             nn.init.normal_(p, std=0.02)
         nn.init.normal_(self.t_embed[0].weight, std=0.02)
@@ -203,7 +255,8 @@ class MultiModalDiT(nn.Module):
         for block in [*self.blocks, *(self.branch if self.long else [])]:
             nn.init.zeros_(block.ada[-1].weight)  # adaLN-Zero: every block starts as identity
             nn.init.zeros_(block.ada[-1].bias)
-        for final in (self.final_a, self.final_v):
+        finals = [self.final_a, self.final_v, self.final_frames]
+        for final in (f for f in finals if f is not None):
             nn.init.zeros_(final.ada[-1].weight)
             nn.init.zeros_(final.ada[-1].bias)
             nn.init.zeros_(final.linear.weight)
@@ -255,8 +308,9 @@ class MultiModalDiT(nn.Module):
                 )
             x = block(x, c)
         x = x[:, n_prefix:]
-        la = self.audio.num_tokens
+        la, lv = self.audio.num_tokens, self.video.num_spatial
         tok_a, tok_v = x[:, 1 : 1 + la], x[:, 2 + la :]  # skip EOS_a and EOS_v
-        eps_a = self.audio.unpatchify(self.final_a(tok_a, c))
-        eps_v = self.video.unpatchify(self.final_v(tok_v, c))
-        return eps_a, eps_v
+        out_a = self.audio.unpatchify(self.final_a(tok_a, c))
+        frames = self.final_frames(tok_v[:, lv:], c) if self.final_frames is not None else None
+        out_v = self.video.unpatchify(self.final_v(tok_v[:, :lv], c), frames)
+        return out_a, out_v

@@ -65,9 +65,10 @@ def small_posterior(conv: nn.Conv2d, latent_channels: int, logvar: float = -6.0)
 class VideoEncoder(nn.Module):
     """``[B, K, Cin, h, w]`` key-frame latents -> moments ``[B, 2C, h / 2^(L-1), ...]``.
 
-    ``per_frame=False`` (paper): z is read at the content slot. ``per_frame=True``: each key
-    frame's slot gives C / K channels, stacked in key-frame order (z[:, k*C/K : (k+1)*C/K] is
-    key frame k's group); the temporal attention still mixes every slot before the read-out.
+    ``frame_channels = 0`` (paper): z is read at the content slot. ``frame_channels = N``: the
+    content slot gives the first ``C - K N`` channels (the clip's), and each key frame's slot N
+    more, stacked in key-frame order (z[:, C - K N + k N : C - K N + (k + 1) N] is key frame
+    k's group); the temporal attention mixes every slot before the read-out.
     """
 
     def __init__(
@@ -79,12 +80,12 @@ class VideoEncoder(nn.Module):
         head_channels: int,
         num_key_frames: int,
         latent_size: int,
-        per_frame: bool = False,
+        frame_channels: int = 0,
     ) -> None:
         super().__init__()
         slots = num_key_frames + 1
-        self.per_frame = per_frame
-        out_channels = latent_channels // num_key_frames if per_frame else latent_channels
+        self.frame_channels = frame_channels
+        clip_channels = latent_channels - num_key_frames * frame_channels
         self.content = nn.Parameter(torch.zeros(1, 1, in_channels, latent_size, latent_size))
         self.stem = nn.Conv3d(in_channels, widths[0], kernel_size=3, padding=1)
         self.blocks = nn.ModuleList()
@@ -103,8 +104,15 @@ class VideoEncoder(nn.Module):
                 ch = width
             if level < len(widths) - 1:
                 self.blocks.append(Downsample(ch))
-        moments = small_posterior(nn.Conv2d(ch, 2 * out_channels, 3, padding=1), out_channels)
-        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), moments)
+
+        def head(channels: int) -> nn.Module | None:
+            if not channels:
+                return None
+            moments = small_posterior(nn.Conv2d(ch, 2 * channels, 3, padding=1), channels)
+            return nn.Sequential(group_norm(ch), nn.SiLU(), moments)
+
+        self.out = head(clip_channels)  # read at the content slot
+        self.frame_out = head(frame_channels)  # read at each key frame's slot
 
     def forward(self, key_latents: torch.Tensor) -> DiagonalGaussian:
         b = key_latents.shape[0]
@@ -116,12 +124,17 @@ class VideoEncoder(nn.Module):
                 continue
             res, spatial, temporal = block
             x = temporal(per_slot(spatial, per_slot(res, x)))
-        if not self.per_frame:
-            return DiagonalGaussian.from_moments(self.out(x[:, 0]))  # read at the content slot
-        moments = per_slot(self.out, x[:, 1:])  # [B, K, 2c, h, w]: one group per key frame
-        mean, logvar = moments.chunk(2, dim=2)  # each [B, K, c, h, w] -> [B, K*c, h, w]
-        moments = torch.cat([mean.flatten(1, 2), logvar.flatten(1, 2)], dim=1)
-        return DiagonalGaussian.from_moments(moments)
+        means, logvars = [], []
+        if self.out is not None:
+            mean, logvar = self.out(x[:, 0]).chunk(2, dim=1)  # the content slot
+            means.append(mean)
+            logvars.append(logvar)
+        if self.frame_out is not None:
+            moments = per_slot(self.frame_out, x[:, 1:])  # [B, K, 2N, h, w]: one group per frame
+            mean, logvar = moments.chunk(2, dim=2)  # each [B, K, N, h, w] -> [B, K*N, h, w]
+            means.append(mean.flatten(1, 2))
+            logvars.append(logvar.flatten(1, 2))
+        return DiagonalGaussian.from_moments(torch.cat([*means, *logvars], dim=1))
 
 
 class AudioEncoder(nn.Module):

@@ -119,9 +119,9 @@ def key_frame_weights(position: torch.Tensor, keys: torch.Tensor) -> torch.Tenso
 class ConditionBranch(nn.Module):
     """One modality's conditioning: z -> skip residuals, content vector and context tokens.
 
-    With ``autoencoder.video_latent = key_frames`` the video branch also reads, for target
-    frame i, z's channel group of its key frame (interpolated between the two around it),
-    concatenated to z: the frame's own spatial layout enters the UNet directly.
+    With ``autoencoder.frame_channels`` > 0 the video branch also reads, for target frame i,
+    z's channel group of its key frame (interpolated between the two around it), concatenated
+    to z: the frame's own spatial layout enters the UNet directly.
     """
 
     def __init__(self, cfg: Config, latent_size: int, frame_aware: bool) -> None:
@@ -129,8 +129,8 @@ class ConditionBranch(nn.Module):
         d, ae = cfg.decoder, cfg.autoencoder
         self.scale = cfg.vae_latent_size // latent_size
         self.frame_index_scale = d.frame_index_scale
-        grouped = frame_aware and ae.video_latent == "key_frames"
-        self.groups = len(ae.key_frames) if grouped else 0
+        self.frame_channels = ae.frame_channels if frame_aware else 0
+        self.num_groups = len(ae.key_frames)
         keys = torch.tensor(ae.key_frames, dtype=torch.float32) / cfg.data.num_frames
         self.register_buffer("key_positions", keys, persistent=False)  # in units of index / F
         widths = [max(8, c // 2) for c in d.block_out_channels]  # a half-width encoder per scale
@@ -140,8 +140,7 @@ class ConditionBranch(nn.Module):
             if frame_aware
             else None
         )
-        group = ae.latent_channels // self.groups if self.groups else 0
-        self.stem = nn.Conv2d(ae.latent_channels + group, widths[0], 3, padding=1)
+        self.stem = nn.Conv2d(ae.latent_channels + self.frame_channels, widths[0], 3, padding=1)
         self.levels = nn.ModuleList()
         self.downs = nn.ModuleList()
         ch = widths[0]
@@ -200,9 +199,10 @@ class ConditionBranch(nn.Module):
             sin = sinusoidal_embedding(frame_index * self.frame_index_scale, self.stem.out_channels)
             emb = self.index_embed(sin.to(z.dtype))
         z_in = z
-        if self.groups:  # [N, C, h, w] -> groups [N, K, C/K, h, w] -> frame i's [N, C/K, h, w]
+        if self.frame_channels:  # z's last K*N channels -> [N, K, N, h, w] -> frame i's group
             w = key_frame_weights(frame_index.to(self.key_positions), self.key_positions)
-            groups = z.unflatten(1, (self.groups, -1))
+            n = self.num_groups * self.frame_channels
+            groups = z[:, z.shape[1] - n :].unflatten(1, (self.num_groups, self.frame_channels))
             z_in = torch.cat([z, torch.einsum("nk,nkchw->nchw", w.to(z.dtype), groups)], dim=1)
         h = self.stem(F.interpolate(z_in, scale_factor=self.scale, mode="nearest"))
         features = []
@@ -244,7 +244,8 @@ class SignalDecoder(nn.Module):
             }
         )
         # class-conditional only with a classifier: it names the class at generation time
-        num_classes = cfg.data.num_classes if cfg.autoencoder.cl_weight > 0 else 0
+        labelled = cfg.autoencoder.cl_weight > 0 and cfg.decoder.class_embedding
+        num_classes = cfg.data.num_classes if labelled else 0
         self.class_embed = (
             nn.Embedding(num_classes, cfg.decoder.cross_attention_dim) if num_classes else None
         )

@@ -22,7 +22,12 @@ from torch import nn
 
 from mmldm.config import Config
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod, predict_x0, training_target
-from mmldm.models.autoencoder import MultiModalAutoencoder, VAEInputs, vae_inputs
+from mmldm.models.autoencoder import (
+    MultiModalAutoencoder,
+    VAEInputs,
+    VAELatentCache,
+    vae_inputs,
+)
 from mmldm.models.discriminator import (
     TripletDiscriminator,
     hinge_d_loss,
@@ -273,10 +278,14 @@ def train_autoencoder(
         max_steps=max_steps,
         num_workers=cfg.data.num_workers,
     )
+    cache = VAELatentCache(vae) if cfg.train.cache_vae_latents else None
     for batch in loop:
         video, audio = batch["video"], batch["audio"]
         flip = torch.rand(len(video), device=video.device) < cfg.data.hflip_prob
-        inputs = vae_inputs(vae, cfg, video, audio, cfg.autoencoder.target_frames, flip=flip)
+        keys = list(zip(batch["path"], batch["start"].tolist(), strict=True))
+        inputs = vae_inputs(
+            vae, cfg, video, audio, cfg.autoencoder.target_frames, flip=flip, cache=cache, keys=keys
+        )
         gan_on = disc is not None and loop.step >= cfg.discriminator.start_step
         with accelerator.accumulate(objective), accelerator.autocast():
             loss, logs, gan = objective(inputs, batch["label"], gan_on)
