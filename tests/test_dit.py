@@ -105,14 +105,7 @@ def test_loss_falls_on_a_fixed_batch(prediction_type):
         "prev_v": z_v.roll(1, 0),
         "has_prev": torch.tensor([True, True, False, True]),
     }
-    losses = []
-    for step in range(60):
-        torch.manual_seed(step % 5)
-        loss, logs = generator_loss(model, batch, cfg, abar)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(logs["loss"])
+    losses = fit_fixed_batch(model, opt, batch, cfg, abar, steps=60)
     assert sum(losses[-5:]) < 0.7 * sum(losses[:5]), (losses[:5], losses[-5:])
 
 
@@ -173,12 +166,19 @@ def test_frame_tokens_layout_round_trip_and_loss():
         "label": torch.tensor([0, 1, 2, 0]),
     }
     batch.update(prev_a=batch["z_a"], prev_v=batch["z_v"], has_prev=torch.ones(4, dtype=bool))
+    losses = fit_fixed_batch(model, opt, batch, cfg, abar, steps=40)
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+
+
+def fit_fixed_batch(model, opt, batch, cfg, abar, steps: int) -> list[float]:
+    """``steps`` optimiser steps of the generator loss on one batch, with the noise and
+    timesteps drawn from 5 fixed seeds in turn; returns the losses."""
     losses = []
-    for step in range(40):
+    for step in range(steps):
         torch.manual_seed(step % 5)
         loss, logs = generator_loss(model, batch, cfg, abar)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(logs["loss"])
-    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+    return losses
