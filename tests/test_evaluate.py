@@ -12,7 +12,7 @@ from mmldm.cli import main
 from mmldm.config import load_config
 from mmldm.data.dataset import SoundingVideoDataset
 from mmldm.data.synthetic import synthesize_dataset
-from mmldm.evaluate import evaluate
+from mmldm.evaluate import evaluate, format_report
 from mmldm.metrics.synthetic_scores import (
     Detections,
     detect_sample,
@@ -231,4 +231,4 @@ def test_evaluate_scores_outputs_against_the_clips_their_records_name(synthetic,
     assert paired["video_class_accuracy"] == pytest.approx((n - 1) / n)
     assert paired["video_event_f1"] >= 0.8 and paired["audio_event_f1"] >= 0.8
     assert chance["position_within_2px"] < 0.3
-    assert "position within 2px" in __import__("mmldm.evaluate").evaluate.format_report(result)
+    assert "position within 2px" in format_report(result)

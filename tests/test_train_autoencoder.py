@@ -300,3 +300,12 @@ def test_decoding_is_batched_seeded_and_solver_agnostic(synth, tmp_path):
     assert a.mel.shape[1] == cfg.data.n_mels
     dpm = run_decode(0, "dpm")
     assert dpm.frames.shape == a.frames.shape and torch.isfinite(dpm.frames).all()
+
+
+def test_train_autoencoder_with_cached_vae_latents(synth, tmp_path):
+    """train.cache_vae_latents: the training loop names each clip (path, start) for the
+    cache and trains with it (the cache's own behaviour: tests/test_autoencoder.py)."""
+    run = tmp_path / "ae_cached"
+    argv = ["train-autoencoder", "--data", str(synth), "--out", str(run), "--max-steps", "4"]
+    assert main([*argv, *TINY, "--set", "train.cache_vae_latents=true"]) == 0
+    assert load_checkpoint(run, kind="autoencoder").step == 4

@@ -194,7 +194,8 @@ def vae_inputs(
         video, 1, target_index[:, :, None, None, None].expand(-1, -1, *video.shape[2:])
     )
     if cache is not None:
-        assert keys is not None, "a latent cache needs the clips' keys"
+        if keys is None or len(keys) != b:
+            raise ValueError("vae_inputs: a latent cache needs one key (path, start) per clip")
         flipped = [False] * b if flip is None else flip.tolist()
         names = [(*key, mirrored) for key, mirrored in zip(keys, flipped, strict=True)]
         mean, std = cache.posteriors(names, video, image)

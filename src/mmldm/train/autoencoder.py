@@ -282,7 +282,11 @@ def train_autoencoder(
     for batch in loop:
         video, audio = batch["video"], batch["audio"]
         flip = torch.rand(len(video), device=video.device) < cfg.data.hflip_prob
-        keys = list(zip(batch["path"], batch["start"].tolist(), strict=True))
+        keys = (
+            list(zip(batch["path"], batch["start"].tolist(), strict=True))
+            if cache is not None
+            else None
+        )
         inputs = vae_inputs(
             vae, cfg, video, audio, cfg.autoencoder.target_frames, flip=flip, cache=cache, keys=keys
         )
