@@ -205,6 +205,20 @@ def _training_options(p: argparse.ArgumentParser, stage: str) -> None:
     _common(p)
 
 
+def _decoder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--decoder",
+        help="a distilled decoder of the autoencoder (mmldm distill-decoder run or checkpoint): "
+        "few steps, no guidance",
+    )
+    p.add_argument(
+        "--decoder-steps",
+        type=int,
+        help="signal decoder steps (default sample.decoder_steps: the paper's 50, or the "
+        "distilled decoder's K)",
+    )
+
+
 def _training_setup(args: argparse.Namespace) -> tuple[Config, Path, str, str | None]:
     """(config, run folder, data, cache) for a fresh or a resumed run."""
     import json
@@ -254,6 +268,35 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill_decoder(args: argparse.Namespace) -> int:
+    import json
+
+    from mmldm.train.distill import distill_decoder
+
+    if not args.resume and not args.out:
+        raise ConfigError("give --out RUN for a new run or --resume RUN")
+    run = Path(args.resume or args.out)
+    autoencoder, data, cache = args.autoencoder, args.data, args.cache
+    stored = run / "data.json"
+    if args.resume and stored.is_file():
+        saved = json.loads(stored.read_text())
+        autoencoder = autoencoder or saved["autoencoder"]
+        data, cache = data or saved["data"], cache or saved.get("cache")
+    if not autoencoder or not data:
+        raise ConfigError("--autoencoder and --data are required")
+    path = distill_decoder(
+        autoencoder,
+        data,
+        run,
+        overrides=args.overrides,
+        resume=bool(args.resume),
+        cache_dir=cache,
+        max_steps=args.max_steps,
+    )
+    log.info("done: %s", path)
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # reconstruct
 # --------------------------------------------------------------------------------------------
@@ -270,7 +313,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from mmldm.decode import decode_latents, encode_clips, load_autoencoder
 
     device = torch.device(args.device)
-    model, vae, cfg = load_autoencoder(args.autoencoder, device)
+    model, vae, cfg = load_autoencoder(args.autoencoder, device, decoder=args.decoder)
     vocoder = load_vocoder(
         args.vocoder or cfg.vocoder.path,
         MelSettings.from_config(cfg.data),
@@ -282,7 +325,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     z_a, z_v = encode_clips(model, vae, video, wave)
     generator = torch.Generator(device).manual_seed(args.seed)
     out = decode_latents(
-        model, vae, vocoder, z_a, z_v, steps=args.steps, generator=generator, desc="decoding"
+        model,
+        vae,
+        vocoder,
+        z_a,
+        z_v,
+        steps=args.decoder_steps,
+        generator=generator,
+        desc="decoding",
     )
     write_video(
         args.out,
@@ -364,6 +414,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=dtype[args.dtype],
         vocoder=args.vocoder,
+        decoder=args.decoder,
     )
     data = pipe.cfg.data
     audio = video = None
@@ -390,6 +441,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             sampler=args.sampler,
             guidance_audio=args.guidance_audio,
             guidance_video=args.guidance_video,
+            decoder_steps=args.decoder_steps,
         )
         records += pipe.save(gen, args.out, start=first)
     import json
@@ -538,18 +590,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subparser(
         subparsers,
+        "distill-decoder",
+        "after stage 1: a few-step signal decoder (K passes, no guidance) from the autoencoder's",
+        "mmldm distill-decoder --autoencoder runs/ae --data data/landscape --out runs/dec "
+        "--set distill.steps=4\n  mmldm sample ... --decoder runs/dec\n"
+        "  mmldm distill-decoder --resume runs/dec",
+        cmd_distill_decoder,
+    )
+    p.add_argument("--autoencoder", help="the autoencoder run or checkpoint to distil")
+    p.add_argument("--data", help="data folder or manifest (stored in the run for --resume)")
+    p.add_argument("--cache", help="decode cache folder (see mmldm preprocess)")
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--resume", metavar="RUN", help="continue this run from its last checkpoint")
+    p.add_argument("--max-steps", type=int, help="stop here (default train.distill.max_steps)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override distill.*, train.* or sample.* of the autoencoder's config (repeatable)",
+    )
+    _common(p)
+
+    p = _subparser(
+        subparsers,
         "reconstruct",
         "encode a real clip with a trained autoencoder and decode it back to an mp4 with sound",
         "mmldm reconstruct --autoencoder runs/ae --input clip.mp4 --out recon.mp4",
         cmd_reconstruct,
     )
     p.add_argument("--autoencoder", required=True, help="autoencoder run or checkpoint")
+    _decoder_options(p)
     p.add_argument("--input", required=True, help="a video file with sound")
     p.add_argument("--out", required=True, help="output mp4")
     p.add_argument("--start", type=float, default=0.0, help="clip start in seconds")
-    p.add_argument(
-        "--steps", type=int, help="decoder sampling steps (default sample.decoder_steps)"
-    )
     p.add_argument("--vocoder", help="HiFi-GAN folder (default vocoder.path of the checkpoint)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0)
@@ -598,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--generator", required=True, help="generator run or checkpoint")
     p.add_argument("--autoencoder", required=True, help="the autoencoder it was trained on")
+    _decoder_options(p)
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--num", type=int, default=4, help="number of samples")
     p.add_argument("--out", required=True, help="output folder")

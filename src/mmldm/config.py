@@ -375,13 +375,17 @@ class TrainConfig:
             batch_size=28, lr=1e-5, max_steps=200000, ema_decay=0.9999
         )
     )
+    # Beyond the paper: the few-step signal decoder fine-tuned from stage 1's (DistillConfig).
+    distill: StageTrainConfig = field(
+        default_factory=lambda: StageTrainConfig(batch_size=8, lr=1e-5, max_steps=5000)
+    )
 
     def __post_init__(self) -> None:
         _choice(self.mixed_precision, ("auto", "no", "bf16", "fp16"), "train.mixed_precision")
         _positive(self, "train", "log_every", "checkpoint_every", "sample_every")
         if self.keep_last < 0:
             raise ConfigError("config key 'train.keep_last' must be >= 0")
-        for stage in ("vae", "autoencoder", "generator"):
+        for stage in ("vae", "autoencoder", "generator", "distill"):
             getattr(self, stage)._validate(f"train.{stage}")
 
 
@@ -399,6 +403,7 @@ class SampleConfig:
     # Guidance scale phi of eq. 9 for the conditioned modality's output (1 = no guidance).
     guidance_video: float = 1.0
     guidance_audio: float = 1.0
+    # ddim | dpm | few_step (x_0 at trailing timesteps, for a distilled decoder: DistillConfig)
     decoder_sampler: str = "ddim"
     decoder_steps: int = 50
     decoder_guidance_video: float = 2.5  # classifier-free guidance of the signal decoder
@@ -412,10 +417,33 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         _choice(self.sampler, ("ddim", "dpm"), "sample.sampler")
-        _choice(self.decoder_sampler, ("ddim", "dpm"), "sample.decoder_sampler")
+        _choice(self.decoder_sampler, ("ddim", "dpm", "few_step"), "sample.decoder_sampler")
         _positive(self, "sample", "steps", "decoder_steps", "batch_size", "long_clips")
         if self.eta < 0:
             raise ConfigError("config key 'sample.eta' must be >= 0")
+
+
+@dataclass
+class DistillConfig:
+    """The few-step signal decoder (``mmldm distill-decoder``, docs/fast_decoding.md; beyond
+    the paper, whose decoder takes 50 guided DDIM steps).
+
+    The student starts as a copy of the trained decoder and is trained THROUGH its own sampler:
+    ``steps`` x_0 predictions at trailing timesteps (T-1 first: from pure noise), each followed
+    by a deterministic DDIM move to the next, with one pass per step and no guidance. Its last
+    x_0 is regressed on the target: the clip's own VAE latents (``data``) or the guided teacher's
+    sample from the same noise (``teacher``, Luhman & Luhman 2021).
+    """
+
+    steps: int = 4  # student sampling steps K: K UNet passes per latent instead of 2 x 50
+    target: str = "data"  # data | teacher
+    teacher_steps: int = 50  # target=teacher: the teacher's DDIM steps and guidance
+    teacher_guidance: float = 2.5
+    target_frames: int = 2  # frames decoded per clip and training step, with the audio image
+
+    def __post_init__(self) -> None:
+        _choice(self.target, ("data", "teacher"), "distill.target")
+        _positive(self, "distill", "steps", "teacher_steps", "target_frames")
 
 
 @dataclass
@@ -433,9 +461,12 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         data, ae = self.data, self.autoencoder
+        if self.distill.target_frames > data.num_frames:
+            raise ConfigError("config key 'distill.target_frames' exceeds data.num_frames")
         if max(ae.key_frames) >= data.num_frames:
             raise ConfigError(
                 f"config key 'autoencoder.key_frames' {ae.key_frames} indexes past "
@@ -580,7 +611,16 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
         node = _merge(node, loaded, str(path))
         if "name" not in loaded:
             node.name = path.stem
-    for item in overrides or []:
+    return _apply_overrides(node, overrides or [], source)
+
+
+def override_config(cfg: Config, overrides: list[str], source: str = "a stored config") -> Config:
+    """``cfg`` with dotted overrides applied, validated like :func:`load_config`."""
+    return _apply_overrides(OmegaConf.structured(cfg), overrides, source)
+
+
+def _apply_overrides(node: DictConfig, overrides: list[str], source: str) -> Config:
+    for item in overrides:
         ((key, value),) = parse_overrides([item])
         update = OmegaConf.create({})
         OmegaConf.update(update, key, value, force_add=True)

@@ -73,10 +73,13 @@ class MMLDMPipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         vocoder: str | None = None,
+        decoder: str | Path | None = None,
         use_ema: bool = True,
         allow_foreign_autoencoder: bool = False,
     ) -> MMLDMPipeline:
-        """Load a generator run / checkpoint and the autoencoder it was trained on."""
+        """Load a generator run / checkpoint and the autoencoder it was trained on; with
+        ``decoder``, a distilled decoder of that autoencoder (``mmldm distill-decoder``) decodes
+        instead of its own."""
         ckpt = load_checkpoint(generator, kind="generator")
         cfg = ckpt.config
         expected = ckpt.metadata.get("mmldm.autoencoder_fingerprint")
@@ -91,7 +94,7 @@ class MMLDMPipeline:
         name = "ema" if use_ema and "ema" in ckpt.modules else "dit"
         load_weights(dit, ckpt.state_dict(name), source=f"{ckpt.path} [{name}]")
         stats = LatentStats.from_state_dict(ckpt.state_dict("latent_stats"))
-        model, vae, ae_cfg = load_autoencoder(autoencoder, device, dtype)
+        model, vae, ae_cfg = load_autoencoder(autoencoder, device, dtype, decoder=decoder)
         voc = load_vocoder(
             vocoder or ae_cfg.vocoder.path,
             MelSettings.from_config(ae_cfg.data),
@@ -218,10 +221,19 @@ class MMLDMPipeline:
         )
         return (za_n if z_a is not None else None), (zv_n if z_v is not None else None)
 
-    def decode(self, z_a: torch.Tensor, z_v: torch.Tensor, generator=None, labels=None):
+    def decode(self, z_a: torch.Tensor, z_v: torch.Tensor, generator=None, labels=None, steps=None):
+        """Normalised latents -> signals with the autoencoder's decoder settings (or a
+        distilled decoder's); ``steps`` overrides sample.decoder_steps."""
         za, zv = self.stats.denormalize(z_a, z_v)
         return decode_latents(
-            self.autoencoder, self.vae, self.vocoder, za, zv, labels=labels, generator=generator
+            self.autoencoder,
+            self.vae,
+            self.vocoder,
+            za,
+            zv,
+            labels=labels,
+            generator=generator,
+            steps=steps,
         )
 
     # -- tasks ---------------------------------------------------------------------------------
@@ -241,6 +253,7 @@ class MMLDMPipeline:
         sampler: str | None = None,
         guidance_audio: float | None = None,
         guidance_video: float | None = None,
+        decoder_steps: int | None = None,
     ) -> Generation:
         """Generate ``num`` samples of ``task``.
 
@@ -249,6 +262,8 @@ class MMLDMPipeline:
             video: ``[F, 3, S, S]`` or ``[num, F, 3, S, S]`` in [-1, 1] (v2a, video-continuation).
             clips: clips of a long / continued output (default sample.long_clips).
             labels: classes to generate (class-conditional generators only).
+            decoder_steps: signal decoder steps (default sample.decoder_steps; a distilled
+                decoder's K).
         """
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
@@ -262,6 +277,7 @@ class MMLDMPipeline:
             guidance_video=guidance_video,
             generator=g,
         )
+        info = {**kw, "decoder_steps": decoder_steps}  # what the result records
         y = None
         if labels is not None:
             if not self.dit.num_classes:
@@ -290,7 +306,7 @@ class MMLDMPipeline:
                 video=v_in if task == "v2a" else None, audio=a_in if task == "a2v" else None
             )
             z_a, z_v = self.sample_latents(num, cond_a=cond_a, cond_v=cond_v, labels=y, **kw)
-            out = self.decode(z_a, z_v, generator=g)
+            out = self.decode(z_a, z_v, generator=g, steps=decoder_steps)
             frames, wave = out.frames, out.wave
             if task == "a2v":
                 wave = a_in[:, :n].float()  # the given audio, unchanged
@@ -299,7 +315,7 @@ class MMLDMPipeline:
             if task == "audio":
                 frames = out.audio_image[:, None].expand(-1, data.num_frames, -1, -1, -1)
             return self._result(
-                task, frames, wave, seed, num, kw, has_audio=task != "video", labels=y
+                task, frames, wave, seed, num, info, has_audio=task != "video", labels=y
             )
 
         # long and continuations: clip after clip, each conditioned on the previous latents
@@ -308,7 +324,7 @@ class MMLDMPipeline:
         frames_out, waves_out = [], []
         if task == "long":
             z_a, z_v = self.sample_latents(num, labels=y, **kw)
-            out = self.decode(z_a, z_v, generator=g)
+            out = self.decode(z_a, z_v, generator=g, steps=decoder_steps)
             frames_out.append(out.frames)
             waves_out.append(out.wave)
         else:
@@ -325,7 +341,7 @@ class MMLDMPipeline:
             prev_a = None if cond_video_only else z_a
             prev_v = None if cond_audio_only else z_v
             z_a, z_v = self.sample_latents(num, prev_a=prev_a, prev_v=prev_v, labels=y, **kw)
-            out = self.decode(z_a, z_v, generator=g)
+            out = self.decode(z_a, z_v, generator=g, steps=decoder_steps)
             frames_out.append(
                 out.audio_image[:, None].expand(-1, data.num_frames, -1, -1, -1)
                 if cond_audio_only
@@ -338,7 +354,7 @@ class MMLDMPipeline:
             torch.cat(waves_out, 1),
             seed,
             num,
-            kw,
+            info,
             has_audio=not cond_video_only,
             labels=y,
         )
@@ -353,9 +369,12 @@ class MMLDMPipeline:
 
     def _result(self, task, frames, wave, seed, num, kw, *, has_audio, labels) -> Generation:
         settings = {k: v for k, v in kw.items() if k != "generator"}
+        dec = self.autoencoder.cfg.sample  # the decoder's settings (a distilled one's if loaded)
         settings.update(
             steps=settings["steps"] or self.cfg.sample.steps,
             sampler=settings["sampler"] or self.cfg.sample.sampler,
+            decoder_sampler=dec.decoder_sampler,
+            decoder_steps=settings.get("decoder_steps") or dec.decoder_steps,
         )
         return Generation(
             task=task,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from mmldm.console import progress
+from mmldm.diffusion.schedule import predict_x0
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -51,6 +52,53 @@ def sample_loop(
         eps = eps_fn(scheduler.scale_model_input(x, t), t_batch)
         x = scheduler.step(eps, t, x, **kwargs).prev_sample
     return x
+
+
+def few_step_timesteps(steps: int, num_train_timesteps: int) -> list[int]:
+    """K timesteps with trailing spacing, the first at T - 1 (Lin et al. 2024, "Common diffusion
+    noise schedules and sample steps are flawed", table 2): T = 1000, K = 4 -> [999, 749, 499,
+    249]; K = 1 -> [999]. The leading spacing of the paper's DDIM would start a 1-step sampler at
+    t = 1 and never see the noise it starts from."""
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(
+            f"few-step sampling needs 1 <= steps <= {num_train_timesteps}, not {steps}"
+        )
+    return [round(num_train_timesteps * (1 - k / steps)) - 1 for k in range(steps)]
+
+
+def few_step_sample(
+    model_fn: EpsFn,
+    x_T: torch.Tensor,
+    timesteps: list[int],
+    abar: torch.Tensor,
+    prediction_type: str = "epsilon",
+) -> torch.Tensor:
+    """The few-step decoder's sampler; returns its last x_0 estimate. Differentiable: the
+    distillation (:mod:`mmldm.train.distill`) trains the model through this very loop.
+
+    At each timestep t_k the model's output (eps or v) gives x_0^ (eq. 4 inverted), then a
+    deterministic DDIM move (eta = 0) takes x to t_{k+1} along the eps that x_0^ implies:
+        eps^ = (x - sqrt(abar_k) x_0^) / sqrt(1 - abar_k)
+        x   <- sqrt(abar_{k+1}) x_0^ + sqrt(1 - abar_{k+1}) eps^
+    With an exact model of a single data point, x_0^ is that point at every step (tested).
+
+    Args:
+        model_fn: ``(x_t [N, ...], t [N] long) -> eps or v [N, ...]``.
+        x_T: ``[N, ...]`` standard normal noise.
+        timesteps: decreasing, from :func:`few_step_timesteps`.
+        abar: ``[T]`` alpha_bar of the training schedule.
+    """
+    x = x_T
+    abar = abar.to(x.device)
+    for k, t in enumerate(timesteps):
+        t_batch = torch.full((len(x),), t, device=x.device, dtype=torch.long)
+        x0 = predict_x0(x, model_fn(x, t_batch), t_batch, abar, prediction_type)
+        if k == len(timesteps) - 1:
+            return x0
+        a, a_next = abar[t].to(x.dtype), abar[timesteps[k + 1]].to(x.dtype)
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+    raise ValueError("few_step_sample needs at least one timestep")
 
 
 def _step_params(scheduler) -> set[str]:

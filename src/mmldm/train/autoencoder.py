@@ -232,6 +232,22 @@ def write_reconstructions(
     log.info("wrote reconstructions to %s", folder)
 
 
+def batch_inputs(
+    batch: dict, vae, cfg: Config, num_targets: int, cache: VAELatentCache | None = None
+) -> VAEInputs:
+    """A training batch (``video [B, F, 3, S, S]``, ``audio [B, N]``, their paths and starts) ->
+    VAE latents of key frames, ``num_targets`` random frames per clip and the audio image, each
+    clip mirrored with probability ``data.hflip_prob``; from the cache's posteriors if given."""
+    video = batch["video"]
+    flip = torch.rand(len(video), device=video.device) < cfg.data.hflip_prob
+    keys = None
+    if cache is not None:
+        keys = list(zip(batch["path"], batch["start"].tolist(), strict=True))
+    return vae_inputs(
+        vae, cfg, video, batch["audio"], num_targets, flip=flip, cache=cache, keys=keys
+    )
+
+
 def train_autoencoder(
     cfg: Config,
     data: str | Path,
@@ -281,15 +297,7 @@ def train_autoencoder(
     cache = VAELatentCache(vae) if cfg.train.cache_vae_latents else None
     for batch in loop:
         video, audio = batch["video"], batch["audio"]
-        flip = torch.rand(len(video), device=video.device) < cfg.data.hflip_prob
-        keys = (
-            list(zip(batch["path"], batch["start"].tolist(), strict=True))
-            if cache is not None
-            else None
-        )
-        inputs = vae_inputs(
-            vae, cfg, video, audio, cfg.autoencoder.target_frames, flip=flip, cache=cache, keys=keys
-        )
+        inputs = batch_inputs(batch, vae, cfg, cfg.autoencoder.target_frames, cache)
         gan_on = disc is not None and loop.step >= cfg.discriminator.start_step
         with accelerator.accumulate(objective), accelerator.autocast():
             loss, logs, gan = objective(inputs, batch["label"], gan_on)

@@ -1,0 +1,208 @@
+"""A few-step signal decoder trained from stage 1's (``mmldm distill-decoder``; beyond the
+paper, docs/fast_decoding.md).
+
+The paper's decoder takes 50 DDIM steps with classifier-free guidance, i.e. 2 x 50 UNet passes
+per frame and audio image: most of a sounding video's cost. The student is a copy of the
+trained decoder (condition branches and UNet) trained through its own K-step sampler
+(:func:`mmldm.diffusion.sampling.few_step_sample`, K passes, no guidance), starting from the
+same pure noise as at sampling time. Its final x_0 is regressed on
+
+- ``distill.target = data``: the VAE latents of the clip's own frames and audio image (a
+  few-step decoder trained with the regression loss stage 1 already has);
+- ``distill.target = teacher``: the guided teacher's DDIM sample from the same noise
+  (knowledge distillation of the sampler, Luhman & Luhman 2021); ``teacher_steps`` teacher
+  steps per training step make it slower.
+
+The encoders stay frozen, so the latents the generator was trained on do not change: the
+distilled decoder is a checkpoint of its own (kind "distill", module "decoder") that names the
+autoencoder it belongs to, and sampling loads it beside that autoencoder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmldm.checkpoint import CheckpointError, load_checkpoint
+from mmldm.config import Config, ConfigError, load_config, override_config
+from mmldm.decode import decoder_denoiser, decoder_noise, load_autoencoder, run_decoder_sampler
+from mmldm.diffusion.sampling import few_step_sample, few_step_timesteps
+from mmldm.diffusion.schedule import alphas_cumprod
+from mmldm.models.autoencoder import MultiModalAutoencoder, VAEInputs, VAELatentCache
+from mmldm.models.signal_decoder import SignalDecoder
+from mmldm.train.autoencoder import batch_inputs, write_reconstructions
+from mmldm.train.common import TrainingLoop, make_accelerator, make_optimizer, training_dataset
+
+log = logging.getLogger(__name__)
+
+# what a distillation run may change of its autoencoder's config: the architecture is the
+# autoencoder's, so that the student is a copy of its decoder
+DISTILL_KEYS = ("distill.", "train.", "sample.")
+
+
+def distill_config(teacher: Config, overrides: list[str]) -> Config:
+    """The run's config: the autoencoder's, the overrides (``distill.*``, ``train.*``,
+    ``sample.*`` only), and the student's sampling settings (few_step, K steps, no guidance)."""
+    for item in overrides:
+        if not item.strip().startswith(DISTILL_KEYS):
+            raise ConfigError(
+                f"--set {item}: a distilled decoder keeps its autoencoder's architecture; only "
+                f"keys under {', '.join(DISTILL_KEYS)} may be set"
+            )
+    cfg = override_config(teacher, overrides, "the autoencoder's config")
+    student = [
+        "sample.decoder_sampler=few_step",
+        f"sample.decoder_steps={cfg.distill.steps}",
+        "sample.decoder_guidance_audio=1.0",
+        "sample.decoder_guidance_video=1.0",
+    ]
+    return override_config(cfg, student, "the distillation config")
+
+
+def distill_loss(
+    student: SignalDecoder,
+    teacher: MultiModalAutoencoder,
+    inputs: VAEInputs,
+    cfg: Config,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Regression of the student's K-step x_0 on the target (data or the guided teacher's).
+
+    Args:
+        inputs: ``distill.target_frames`` frames per clip (+ the audio image), from
+            :func:`mmldm.models.autoencoder.vae_inputs`.
+    Returns:
+        (loss, logged terms): MSE in VAE latent space, audio and video apart.
+    """
+    dc, kind = cfg.distill, cfg.diffusion.prediction_type
+    b = len(inputs.audio_latent)
+    n = inputs.target_index.shape[1]
+    with torch.no_grad():  # the frozen encoders: z drawn from the posteriors, as in stage 1
+        enc = teacher.encode(inputs.key_latents, inputs.audio_latent)
+        s_a, s_v = teacher.semantics(enc.z_a, enc.z_v)
+        labels = teacher.predict_class(s_a, s_v)  # the class decoding is given: the prediction
+    given = (cfg, enc.z_a, enc.z_v, s_a, s_v, labels, inputs.target_index)
+    device, dtype = enc.z_a.device, enc.z_a.dtype
+    x_T = decoder_noise(cfg, b, n, device=device, dtype=dtype)  # [B + B*n, 4, R, R]
+    times = few_step_timesteps(dc.steps, cfg.diffusion.num_train_timesteps)
+    abar = alphas_cumprod(cfg.diffusion)
+    x0 = few_step_sample(decoder_denoiser(student, *given), x_T, times, abar, kind)
+    if dc.target == "data":
+        target = torch.cat([inputs.audio_latent, inputs.target_latents.flatten(0, 1)])
+    else:
+        with torch.no_grad():
+            g = dc.teacher_guidance
+            teacher_fn = decoder_denoiser(teacher.decoder, *given, g, g)
+            target = run_decoder_sampler(teacher_fn, x_T, cfg, "ddim", dc.teacher_steps)
+    mse_a = F.mse_loss(x0[:b].float(), target[:b].float())
+    mse_v = F.mse_loss(x0[b:].float(), target[b:].float())
+    loss = mse_a + mse_v
+    logs = {"loss": loss.item(), "loss_mse_audio": mse_a.item(), "loss_mse_video": mse_v.item()}
+    return loss, logs
+
+
+class Objective(nn.Module):
+    """The loss as the forward of one module (DDP sees one forward per backward); the frozen
+    teacher is held outside its parameters."""
+
+    def __init__(self, student: SignalDecoder, teacher: MultiModalAutoencoder, cfg: Config):
+        super().__init__()
+        self.student, self.cfg = student, cfg
+        self.aux = {"teacher": teacher}
+
+    def forward(self, inputs: VAEInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        return distill_loss(self.student, self.aux["teacher"], inputs, self.cfg)
+
+
+def _write_previews(
+    teacher: MultiModalAutoencoder, student: SignalDecoder, cfg: Config, vae, batch, folder: Path
+) -> None:
+    """Reconstructions of a few clips of the batch decoded by the student (mp4s + grid)."""
+    own_decoder, own_cfg = teacher.decoder, teacher.cfg
+    teacher.decoder, teacher.cfg = student, cfg  # the teacher's encoders, the student's decoder
+    try:
+        write_reconstructions(teacher, vae, batch["video"], batch["audio"], folder)
+    finally:
+        teacher.decoder, teacher.cfg = own_decoder, own_cfg
+        student.train()
+
+
+def distill_decoder(
+    autoencoder: str | Path,
+    data: str | Path,
+    run: str | Path,
+    *,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    cache_dir: str | Path | None = None,
+    max_steps: int | None = None,
+) -> Path:
+    """Train a few-step decoder from the decoder of ``autoencoder`` into the run folder
+    ``run``; returns the last checkpoint's folder. A resumed run keeps its stored config and
+    must be given the same autoencoder."""
+    from mmldm.data.latents import autoencoder_fingerprint
+
+    run = Path(run)
+    fingerprint = autoencoder_fingerprint(autoencoder)
+    if resume:
+        if overrides:
+            raise ValueError("--resume continues a run with its own config: drop --set")
+        cfg = load_config(run / "config.yaml")
+        saved = load_checkpoint(run, kind="distill").metadata.get("mmldm.autoencoder_fingerprint")
+        if saved != fingerprint:
+            raise CheckpointError(
+                f"{run} distils the decoder of another autoencoder ({saved}), not {autoencoder} "
+                f"({fingerprint})"
+            )
+    else:
+        teacher_cfg = load_checkpoint(autoencoder, kind="autoencoder").config
+        cfg = distill_config(teacher_cfg, list(overrides or []))
+    stage = cfg.train.distill
+    accelerator = make_accelerator(cfg, stage)
+    dataset = training_dataset(data, cfg, cache_dir, accelerator)
+    teacher, vae, _ = load_autoencoder(autoencoder, accelerator.device)
+    student = copy.deepcopy(teacher.decoder).train().requires_grad_(True)
+    if cfg.train.gradient_checkpointing:  # K passes are kept for the backward through them
+        for unet in student.unets.values():
+            unet.enable_gradient_checkpointing()
+    objective = Objective(student, teacher, cfg)
+    opt = make_optimizer(student.parameters(), stage)
+    objective, opt = accelerator.prepare(objective, opt)
+    loop = TrainingLoop(
+        accelerator,
+        cfg,
+        "distill",
+        run,
+        dataset,
+        {"decoder": student},
+        {"decoder": opt},
+        resume=resume,
+        max_steps=max_steps,
+        num_workers=cfg.data.num_workers,
+        extra_metadata={
+            "mmldm.autoencoder": str(autoencoder),
+            "mmldm.autoencoder_fingerprint": fingerprint,
+        },
+    )
+    if accelerator.is_main_process:
+        (run / "data.json").write_text(
+            json.dumps({"autoencoder": str(autoencoder), "data": str(data), "cache": cache_dir})
+        )
+    cache = VAELatentCache(vae) if cfg.train.cache_vae_latents else None
+    for batch in loop:
+        inputs = batch_inputs(batch, vae, cfg, cfg.distill.target_frames, cache)
+        with accelerator.accumulate(objective), accelerator.autocast():
+            loss, logs = objective(inputs)
+            loop.backward_step(loss, objective, opt)
+        loop.end_step(logs)
+        if loop.due(cfg.train.sample_every):
+            if accelerator.is_main_process:
+                folder = run / "samples" / f"step_{loop.step:08d}"
+                _write_previews(teacher, student, cfg, vae, batch, folder)
+            accelerator.wait_for_everyone()
+    return loop.close()
