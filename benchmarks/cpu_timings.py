@@ -433,6 +433,25 @@ def demo_vocoder(results: list[Result], kind: str, repeats: int) -> None:
             repeats,
             f"{sc.decoder_steps} decoder steps, guided",
         )
+        guided_cfg = pipe.autoencoder.cfg
+        few = dataclasses.replace(
+            guided_cfg.sample,
+            decoder_sampler="few_step",
+            decoder_steps=4,
+            decoder_guidance_audio=1.0,
+            decoder_guidance_video=1.0,
+        )
+        pipe.autoencoder.cfg = dataclasses.replace(guided_cfg, sample=few)
+        run_timed(
+            results,
+            sec,
+            "  decode, distilled few-step decoder",
+            1,
+            lambda: (decode, count_params(pipe.autoencoder, pipe.vae)),
+            repeats,
+            "4 unguided decoder passes (mmldm distill-decoder)",
+        )
+        pipe.autoencoder.cfg = guided_cfg
     settings = MelSettings.from_config(data)
     frames = settings.num_frames(int(round(data.clip_seconds * data.sample_rate)))
     mel = torch.randn(1, data.n_mels, frames)

@@ -66,7 +66,17 @@ PAPER_TABLE4 = {"S": (131e6, 34.0), "B": (384e6, 101.0), "L": (1543e6, 407.0)}
 # The published configs prepend 77 learnable context tokens (DESIGN.md 5); we compare with and
 # without them because the paper's FLOPs fall between the two token counts.
 PUBLISHED_CONTEXT_TOKENS = 77
-SOLVERS = {"DDIM 50 + 50": ("ddim", 50, 50), "DPM-Solver++ 20 + 20": ("dpm", 20, 20)}
+# Whole-pipeline settings: (DiT solver, DiT steps, decoder setting, decoder steps, guided).
+# The paper's decoder takes 50 guided DDIM steps; a distilled one (mmldm distill-decoder) K
+# unguided passes.
+PIPELINES = [
+    ("DDIM", 50, "DDIM, guided (paper)", 50, True),
+    ("DPM-Solver++", 20, "DPM-Solver++, guided", 20, True),
+    ("DDIM", 50, "distilled few-step", 4, False),
+    ("DPM-Solver++", 20, "distilled few-step", 4, False),
+    ("DPM-Solver++", 20, "distilled few-step", 2, False),
+    ("DPM-Solver++", 20, "distilled few-step", 1, False),
+]
 
 
 @dataclass
@@ -77,15 +87,18 @@ class Row:
     component: str
     params: int
     flops: FlopCount
-    calls: str  # "steps", "2*steps", or a number: resolved per solver
+    calls: str  # "steps", "passes*steps", "passes" (2 with guidance, else 1) or a number
     method: str
     note: str = ""
 
-    def calls_for(self, steps: int) -> int:
+    def calls_for(self, steps: int, guided: bool = True) -> int:
+        passes = 2 if guided else 1
         if self.calls == "steps":
             return steps
-        if self.calls == "2*steps":
-            return 2 * steps
+        if self.calls == "passes*steps":
+            return passes * steps
+        if self.calls == "passes":
+            return passes
         return int(self.calls)
 
 
@@ -247,8 +260,8 @@ def autoencoder_rows(cfg: Config) -> list[Row]:
         "decoder_conditions",
         f"signal decoder conditions (1 audio + {f} frames)",
         ae_part(conditions),
-        2,
-        "conditional + null condition, once per video",
+        "passes",
+        "conditional + null condition (guided), once per video",
     )
 
     def unet_pass(m: MultiModalAutoencoder):
@@ -272,8 +285,8 @@ def autoencoder_rows(cfg: Config) -> list[Row]:
         "decoder_unet",
         f"signal decoder UNet, 1 pass on {f + 1} latents 4x{r}x{r}",
         ae_part(unet_pass),
-        "2*steps",
-        "2 passes per step (classifier-free guidance)",
+        "passes*steps",
+        "2 passes per step with classifier-free guidance, 1 without (distilled)",
     )
 
     def vae_dec(device):
@@ -401,16 +414,18 @@ def main(argv: list[str] | None = None) -> int:
     per_video = sum(r.flops.total * r.calls_for(steps) for r in table_rows)
     component_table.append(["total per generated video", "", "", "", fmt(per_video / 1e9), "", ""])
 
-    # Whole pipeline per video: every DiT size x (DDIM 50 + 50, DPM-Solver 20 + 20).
+    # Whole pipeline per video: every DiT size x every setting of PIPELINES.
     pipeline_table, pipeline_json = [], []
     for size, dit_row in dit_rows.items():
-        for solver, (_, dit_steps, dec_steps) in SOLVERS.items():
+        for dit_solver, dit_steps, decoder, dec_steps, guided in PIPELINES:
             dit_total = dit_row.flops.total * dit_steps
             dec_total = sum(
-                r.flops.total * r.calls_for(dec_steps) for r in rows if r.key == "decoder_unet"
+                r.flops.total * r.calls_for(dec_steps, guided)
+                for r in rows
+                if r.key == "decoder_unet"
             )
             rest = sum(
-                r.flops.total * r.calls_for(dec_steps)
+                r.flops.total * r.calls_for(dec_steps, guided)
                 for r in rows
                 if r.key not in ("decoder_unet",)
             )
@@ -418,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             pipeline_table.append(
                 [
                     f"DiT-{size}",
-                    solver,
+                    f"{dit_solver} {dit_steps}",
+                    f"{decoder} {dec_steps}",
                     fmt(dit_total / 1e12, 2),
                     fmt(dec_total / 1e12, 2),
                     fmt(rest / 1e12, 2),
@@ -429,9 +445,11 @@ def main(argv: list[str] | None = None) -> int:
             pipeline_json.append(
                 {
                     "dit_size": size,
-                    "solver": solver,
+                    "solver": f"{dit_solver} {dit_steps} + {decoder} {dec_steps}",
                     "dit_steps": dit_steps,
+                    "decoder": decoder,
                     "decoder_steps": dec_steps,
+                    "decoder_guided": guided,
                     "dit_flops": dit_total,
                     "decoder_unet_flops": dec_total,
                     "other_flops": rest,
@@ -481,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         format_table(
             [
                 "DiT",
-                "solver",
+                "DiT solver",
+                "signal decoder",
                 "DiT TFLOPs",
                 "decoder UNet TFLOPs",
                 "other TFLOPs",

@@ -56,7 +56,7 @@ from common import (
     write_json,
 )
 
-from mmldm.config import DIT_SIZES, Config, load_config
+from mmldm.config import DIT_SIZES, Config, SampleConfig, load_config
 from mmldm.diffusion.schedule import alphas_cumprod
 from mmldm.models.autoencoder import MultiModalAutoencoder, vae_inputs
 from mmldm.models.discriminator import TripletDiscriminator
@@ -66,7 +66,13 @@ from mmldm.train.autoencoder import autoencoder_loss, discriminator_loss
 from mmldm.train.common import ema_update
 from mmldm.train.generator import generator_loss
 
-SOLVERS = {"DDIM 50 + 50": ("ddim", 50, 50), "DPM-Solver++ 20 + 20": ("dpm", 20, 20)}
+# (DiT sampler, DiT steps, decoder sampler, decoder steps); few_step: a distilled decoder's
+# sampler (K unguided passes; random weights here, the cost is what is measured)
+SOLVERS = {
+    "DDIM 50 + 50": ("ddim", 50, "ddim", 50),
+    "DPM-Solver++ 20 + 20": ("dpm", 20, "dpm", 20),
+    "DPM-Solver++ 20 + few-step 4": ("dpm", 20, "few_step", 4),
+}
 SECTIONS = ("dit-train", "ae-train", "sampling", "max-batch")
 
 
@@ -371,11 +377,16 @@ def gpu_pipeline(bench: Bench, cfg: Config):
         return random_pipeline(cfg, "griffin-lim", bench.device)
 
 
-def set_solver(cfg: Config, sampler: str, steps: int, decoder_steps: int) -> None:
+def set_solver(
+    cfg: Config, sampler: str, steps: int, decoder_sampler: str, decoder_steps: int
+) -> None:
     """The pipeline reads the DiT's sampler from its arguments but the decoder's from
-    ``cfg.sample`` (shared by the pipeline and the autoencoder here): set both."""
+    ``cfg.sample`` (shared by the pipeline and the autoencoder here): set both. The few-step
+    decoder runs without guidance, as a distilled one does."""
     cfg.sample.sampler, cfg.sample.steps = sampler, steps
-    cfg.sample.decoder_sampler, cfg.sample.decoder_steps = sampler, decoder_steps
+    cfg.sample.decoder_sampler, cfg.sample.decoder_steps = decoder_sampler, decoder_steps
+    guidance = 1.0 if decoder_sampler == "few_step" else SampleConfig().decoder_guidance_audio
+    cfg.sample.decoder_guidance_audio = cfg.sample.decoder_guidance_video = guidance
 
 
 def sampling_section(bench: Bench, out: dict[str, Any]) -> None:
@@ -392,8 +403,8 @@ def sampling_section(bench: Bench, out: dict[str, Any]) -> None:
         videos_per_call=args.sample_num,
         params=count_params(pipe.dit, pipe.autoencoder, pipe.vae, pipe.vocoder.generator),
     )
-    for solver, (sampler, steps, dec_steps) in SOLVERS.items():
-        set_solver(cfg, sampler, steps, dec_steps)
+    for solver, (sampler, steps, dec_sampler, dec_steps) in SOLVERS.items():
+        set_solver(cfg, sampler, steps, dec_sampler, dec_steps)
         bench.reset_memory()
         row = time_sampling(bench, pipe, sampler, steps, args.sample_num)
         out["rows"].append(
@@ -516,7 +527,7 @@ def max_batch_section(bench: Bench, out: dict[str, Any]) -> None:
     cfg = load_config(args.config, [f"dit.size={args.sample_size}"])
     bench.reset_memory()
     pipe, voc_note = gpu_pipeline(bench, cfg)
-    set_solver(cfg, "ddim", 1, 1)  # one step holds as much memory as fifty
+    set_solver(cfg, "ddim", 1, "ddim", 1)  # one step holds as much memory as fifty
 
     def run(n: int) -> None:
         with bench.autocast():

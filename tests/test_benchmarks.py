@@ -17,7 +17,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("script", ["flops.py", "cpu_timings.py", "gpu.py"])
+@pytest.mark.parametrize("script", ["flops.py", "cpu_timings.py", "gpu.py", "decoders.py"])
 def test_benchmark_scripts_import_and_explain_themselves(script):
     result = _run(str(BENCH / script), "--help")
     assert result.returncode == 0, result.stderr

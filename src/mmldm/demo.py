@@ -204,11 +204,24 @@ SAMPLE_PLAN = {  # task: (number of samples, clips)
 }
 
 
+SCORED_TASKS = ("reconstruction", "svg", "a2v", "v2a")  # what evaluate_demo scores
+
+
 @torch.no_grad()
-def make_samples(out: Path, test_dir: Path) -> None:
+def make_samples(
+    out: Path,
+    test_dir: Path,
+    *,
+    pipe=None,
+    dest: Path | None = None,
+    tasks: tuple[str, ...] = tuple(SAMPLE_PLAN),
+) -> dict[str, float]:
+    """Samples of ``tasks`` (and reconstructions) into ``dest`` (default ``out/samples``), with
+    ``pipe`` (default: the demo's generator and autoencoder); returns seconds per task."""
     from mmldm.pipeline import MMLDMPipeline
 
-    pipe = MMLDMPipeline.from_pretrained(out / "generator", out / "autoencoder")
+    pipe = pipe or MMLDMPipeline.from_pretrained(out / "generator", out / "autoencoder")
+    dest = dest or out / "samples"
     clips = _test_clips(test_dir, pipe.cfg)
     audio = torch.stack([c["audio"] for c in clips])
     video = torch.stack([c["video"] for c in clips])
@@ -219,21 +232,23 @@ def make_samples(out: Path, test_dir: Path) -> None:
         "audio-continuation": {"audio": audio[:4]},
         "video-continuation": {"video": video[:4]},
     }
-    for task, (num, k) in SAMPLE_PLAN.items():
+    seconds = {}
+    for task in tasks:
+        num, k = SAMPLE_PLAN[task]
         t0 = time.perf_counter()
         if task == "reconstruction":
             gen = reconstruct(pipe, video, audio)
         else:
             gen = pipe.generate(task, num, seed=0, clips=k, **conditions.get(task, {}))
-        records = pipe.save(gen, out / "samples" / task)
+        records = pipe.save(gen, dest / task)
         if task in conditions:
             for r, c in zip(records, clips, strict=False):
                 r["condition"] = c["path"]
                 r["condition_class"] = int(c["label"])
-        (out / "samples" / task / f"{task}.json").write_text(
-            json.dumps({"samples": records}, indent=2)
-        )
-        log.info("samples: %s, %d in %.1f s", task, num, time.perf_counter() - t0)
+        (dest / task / f"{task}.json").write_text(json.dumps({"samples": records}, indent=2))
+        seconds[task] = time.perf_counter() - t0
+        log.info("samples: %s, %d in %.1f s", task, num, seconds[task])
+    return seconds
 
 
 def reconstruct(pipe, video: torch.Tensor, audio: torch.Tensor):
@@ -257,9 +272,12 @@ def reconstruct(pipe, video: torch.Tensor, audio: torch.Tensor):
     )
 
 
-def evaluate_demo(out: Path, cfg: Config, data_dir: Path, test_dir: Path) -> dict:
-    """Synthetic-benchmark scores of the reconstructions and of the svg, a2v and v2a samples,
-    with the real data's (ceiling) and shuffled pairs' (chance), in class and in time."""
+def evaluate_demo(
+    out: Path, cfg: Config, data_dir: Path, test_dir: Path, samples: Path | None = None
+) -> dict:
+    """Synthetic-benchmark scores of the reconstructions and of the svg, a2v and v2a samples
+    (in ``samples``, default ``out/samples``), with the real data's (ceiling) and shuffled
+    pairs' (chance), in class and in time."""
     from mmldm.data.media import read_media
     from mmldm.data.synthetic import max_step
     from mmldm.metrics.synthetic_scores import (
@@ -288,18 +306,20 @@ def evaluate_demo(out: Path, cfg: Config, data_dir: Path, test_dir: Path) -> dic
             max_step=max_step(data, family),
         )
 
+    samples = samples or out / "samples"
+
     def records(task: str) -> list[dict]:
-        folder = out / "samples" / task
+        folder = samples / task
         return json.loads((folder / f"{task}.json").read_text())["samples"]
 
     real = {p.resolve(): detect(p, read_sidecar(p)["class_index"]) for p in real_paths}
     result = {"family": family, "real": synthetic_scores(list(real.values()))}
     for task in ("svg", "a2v", "v2a"):
-        folder = out / "samples" / task
+        folder = samples / task
         found = [detect(folder / r["file"], r.get("condition_class")) for r in records(task)]
         result[task] = synthetic_scores(found)
     rec = records("reconstruction")
-    recon = [detect(out / "samples/reconstruction" / r["file"], None) for r in rec]
+    recon = [detect(samples / "reconstruction" / r["file"], None) for r in rec]
     sources = [real[Path(r["condition"]).resolve()] for r in rec]
     keys = cfg.autoencoder.key_frames
     result["reconstruction"] = {
