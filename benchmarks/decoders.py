@@ -7,7 +7,9 @@ trip of the held-out clips is also measured as frame PSNR and log-mel L1 distanc
 
 - the autoencoder's own decoder: DDIM 50 guided (the paper's), DDIM 20 guided (the demo
   preset's), and the few-step sampler without guidance and without any training (K = 4, 1);
-- every distilled decoder given with ``--distilled RUN`` (``mmldm distill-decoder``), at its K.
+- every distilled decoder given with ``--distilled RUN`` (``mmldm distill-decoder``), at its K;
+- with ``--vae-decoder RUN`` (``mmldm distill-vae``), each distilled decoder again with that
+  tiny VAE decoder in place of the KL-VAE's.
 
     .venv/bin/python benchmarks/decoders.py --demo runs/demo --distilled runs/dec4 runs/dec1
 
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo", required=True, help="a finished mmldm demo folder")
     parser.add_argument("--distilled", nargs="*", default=[], help="distill-decoder runs")
+    parser.add_argument("--vae-decoder", help="a distill-vae run: each distilled decoder with it")
     parser.add_argument(
         "--teacher",
         nargs="*",
@@ -150,9 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         passes = steps * (2 if guidance != 1.0 else 1)
         results[name] = run_setting(demo, name, pipe, passes)
     for run in args.distilled:
-        pipe = MMLDMPipeline.from_pretrained(**load, decoder=run)
-        name = f"distilled-{Path(run).name}"
-        results[name] = run_setting(demo, name, pipe, pipe.autoencoder.cfg.sample.decoder_steps)
+        for tiny in [None, args.vae_decoder] if args.vae_decoder else [None]:
+            pipe = MMLDMPipeline.from_pretrained(**load, decoder=run, vae_decoder=tiny)
+            name = f"distilled-{Path(run).name}" + (f"+{Path(tiny).name}" if tiny else "")
+            passes = pipe.autoencoder.cfg.sample.decoder_steps
+            results[name] = run_setting(demo, name, pipe, passes)
     headers = ["decoder", "passes / latent", *(h for _, _, h in COLUMNS)]
     headers += ["recon PSNR dB", "recon log-mel L1", "recon s / clip"]
     print(

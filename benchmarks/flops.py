@@ -55,7 +55,7 @@ from mmldm.audio.mel import MelSettings
 from mmldm.config import DIT_SIZES, Config, load_config
 from mmldm.models.autoencoder import MultiModalAutoencoder
 from mmldm.models.dit import DiTInputs, MultiModalDiT
-from mmldm.models.vae import build_vae
+from mmldm.models.vae import TinyVAEDecoder, build_vae
 from mmldm.models.vae import decode as vae_decode
 from mmldm.models.vae import encode as vae_encode
 
@@ -69,13 +69,16 @@ PUBLISHED_CONTEXT_TOKENS = 77
 # Whole-pipeline settings: (DiT solver, DiT steps, decoder setting, decoder steps, guided).
 # The paper's decoder takes 50 guided DDIM steps; a distilled one (mmldm distill-decoder) K
 # unguided passes.
+# The last field: the VAE decoder is the tiny one of mmldm distill-vae instead of the KL-VAE's.
 PIPELINES = [
-    ("DDIM", 50, "DDIM, guided (paper)", 50, True),
-    ("DPM-Solver++", 20, "DPM-Solver++, guided", 20, True),
-    ("DDIM", 50, "distilled few-step", 4, False),
-    ("DPM-Solver++", 20, "distilled few-step", 4, False),
-    ("DPM-Solver++", 20, "distilled few-step", 2, False),
-    ("DPM-Solver++", 20, "distilled few-step", 1, False),
+    ("DDIM", 50, "DDIM, guided (paper)", 50, True, False),
+    ("DPM-Solver++", 20, "DPM-Solver++, guided", 20, True, False),
+    ("DDIM", 50, "distilled few-step", 4, False, False),
+    ("DPM-Solver++", 20, "distilled few-step", 4, False, False),
+    ("DPM-Solver++", 20, "distilled few-step", 2, False, False),
+    ("DPM-Solver++", 20, "distilled few-step", 1, False, False),
+    ("DPM-Solver++", 20, "distilled few-step", 4, False, True),
+    ("DPM-Solver++", 20, "distilled few-step", 1, False, True),
 ]
 
 
@@ -296,6 +299,19 @@ def autoencoder_rows(cfg: Config) -> list[Row]:
 
     add("vae_decode", f"VAE decoder: {f} frames + audio image", vae_dec, 1)
 
+    def tiny_dec(device):
+        tiny = to_device(TinyVAEDecoder(cfg), device).eval()
+        latents = torch.randn(f + 1, c_vae, r, r)
+        return count_params(tiny), lambda: tiny(latents)
+
+    add(
+        "vae_decode_tiny",
+        f"tiny VAE decoder (distill-vae): {f} frames + audio image",
+        tiny_dec,
+        0,
+        "replaces the VAE decoder when given (--vae-decoder)",
+    )
+
     def vocoder(device):
         hcfg = HiFiGANConfig.preset("V1")
         gen = to_device(HiFiGANGenerator(hcfg), device).eval()
@@ -417,24 +433,25 @@ def main(argv: list[str] | None = None) -> int:
     # Whole pipeline per video: every DiT size x every setting of PIPELINES.
     pipeline_table, pipeline_json = [], []
     for size, dit_row in dit_rows.items():
-        for dit_solver, dit_steps, decoder, dec_steps, guided in PIPELINES:
+        for dit_solver, dit_steps, decoder, dec_steps, guided, tiny in PIPELINES:
             dit_total = dit_row.flops.total * dit_steps
             dec_total = sum(
                 r.flops.total * r.calls_for(dec_steps, guided)
                 for r in rows
                 if r.key == "decoder_unet"
             )
-            rest = sum(
+            vae_row = {r.key: r for r in rows}["vae_decode_tiny" if tiny else "vae_decode"]
+            rest = vae_row.flops.total + sum(
                 r.flops.total * r.calls_for(dec_steps, guided)
                 for r in rows
-                if r.key not in ("decoder_unet",)
+                if r.key not in ("decoder_unet", "vae_decode", "vae_decode_tiny")
             )
             total = dit_total + dec_total + rest
             pipeline_table.append(
                 [
                     f"DiT-{size}",
                     f"{dit_solver} {dit_steps}",
-                    f"{decoder} {dec_steps}",
+                    f"{decoder} {dec_steps}" + (", tiny VAE decoder" if tiny else ""),
                     fmt(dit_total / 1e12, 2),
                     fmt(dec_total / 1e12, 2),
                     fmt(rest / 1e12, 2),
@@ -450,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
                     "decoder": decoder,
                     "decoder_steps": dec_steps,
                     "decoder_guided": guided,
+                    "tiny_vae_decoder": tiny,
                     "dit_flops": dit_total,
                     "decoder_unet_flops": dec_total,
                     "other_flops": rest,

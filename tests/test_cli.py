@@ -15,6 +15,8 @@ SUBCOMMANDS = [
     "preprocess",
     "train-vae",
     "train-autoencoder",
+    "distill-decoder",
+    "distill-vae",
     "reconstruct",
     "cache-latents",
     "train-generator",

@@ -148,3 +148,56 @@ def test_cli_help_names_the_command():
         [sys.executable, "-m", "mmldm", "distill-decoder", "-h"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "few-step" in out.stdout
+
+
+def test_tiny_vae_decoder_loss_falls_and_matches_the_vae_shapes(ae):
+    from mmldm.models.vae import TinyVAEDecoder
+    from mmldm.train.distill import distill_vae_loss
+
+    _, vae, teacher_cfg = load_autoencoder(ae["ae"])
+    cfg = distill_config(teacher_cfg, ["distill.vae_width=8", "distill.vae_depth=1"], "vae")
+    assert cfg.sample == teacher_cfg.sample  # no sampling settings change for the VAE part
+    tiny = TinyVAEDecoder(cfg)
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(2, cfg.data.num_frames, 3, 32, 32, generator=g) * 2 - 1
+    n = int(round(cfg.data.clip_seconds * cfg.data.sample_rate))
+    inputs = vae_inputs(vae, cfg, video, torch.zeros(2, n), 2, generator=g)
+    latents = inputs.target_latents.flatten(0, 1)
+    assert tiny(latents).shape == (4, 3, 32, 32)  # the KL-VAE's upsampling factor
+    opt = torch.optim.Adam(tiny.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss, logs = distill_vae_loss(tiny, vae, inputs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(logs["loss"])
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert all(p.grad is None for p in vae.parameters())
+
+
+def test_distill_vae_run_decodes_clips(ae, tmp_path):
+    run = tmp_path / "tiny"
+    args = ["distill-vae", "--autoencoder", str(ae["ae"]), "--data", str(ae["synth"])]
+    args += ["--out", str(run), "--max-steps", "2", "--set", "distill.vae_width=8", "-q"]
+    assert main(args) == 0
+    assert (run / "samples" / "step_00000002" / "grid.png").is_file()
+    ckpt = load_checkpoint(run)
+    assert ckpt.kind == "distill" and "vae_decoder" in ckpt.modules
+    # a signal-decoder run is not a VAE decoder, and the other way round
+    from mmldm.decode import load_vae_decoder
+
+    tiny = load_vae_decoder(run, ae["ae"])
+    with pytest.raises(CheckpointError, match="no module 'decoder'"):
+        load_autoencoder(ae["ae"], decoder=run)
+    model, vae, cfg = load_autoencoder(ae["ae"])
+    from mmldm.audio.vocoder import load_vocoder_from_config
+
+    z_a, z_v = torch.randn(1, *cfg.audio_latent_shape), torch.randn(1, *cfg.video_latent_shape)
+    out = decode_latents(model, tiny, load_vocoder_from_config(cfg), z_a, z_v, steps=2)
+    assert out.frames.shape == (1, cfg.data.num_frames, 3, 32, 32)
+    clip = next(ae["synth"].rglob("*.mp4"))
+    out_mp4 = tmp_path / "recon.mp4"
+    args = ["reconstruct", "--autoencoder", str(ae["ae"]), "--vae-decoder", str(run)]
+    assert main([*args, "--input", str(clip), "--out", str(out_mp4), "-q"]) == 0
+    assert probe(out_mp4).has_audio

@@ -259,3 +259,28 @@ def test_sample_needs_its_condition(trained, tmp_path, capsys):
                 "-q",
             ]
         )
+
+
+def test_distilled_decoders_in_the_pipeline_and_the_cli(trained, tmp_path):
+    """A few-step signal decoder and a tiny VAE decoder of the autoencoder: the pipeline decodes
+    with both (2 unguided passes), the sample command takes them, its records say so."""
+    dec, tiny = tmp_path / "dec", tmp_path / "tiny"
+    common = ["--autoencoder", str(trained["ae"]), "--data", str(trained["synth"]), "-q"]
+    common += ["--max-steps", "1", "--set", "train.sample_every=100"]
+    assert main(["distill-decoder", *common, "--out", str(dec), "--set", "distill.steps=2"]) == 0
+    assert main(["distill-vae", *common, "--out", str(tiny), "--set", "distill.vae_width=8"]) == 0
+    pipe = MMLDMPipeline.from_pretrained(
+        trained["gen"], trained["ae"], decoder=dec, vae_decoder=tiny
+    )
+    passes = []
+    pipe.autoencoder.decoder.unets["shared"].register_forward_hook(lambda *a: passes.append(1))
+    out = pipe.generate("svg", 1, seed=0)
+    assert len(passes) == 2 and out.frames.shape[1] == pipe.cfg.data.num_frames
+    assert out.settings["decoder_sampler"] == "few_step" and out.settings["decoder_steps"] == 2
+    assert pipe.decoding_vae is pipe.vae_decoder
+    args = ["sample", "--generator", str(trained["gen"]), "--autoencoder", str(trained["ae"])]
+    args += ["--decoder", str(dec), "--vae-decoder", str(tiny), "--decoder-steps", "1"]
+    assert main([*args, "--task", "svg", "--num", "1", "--out", str(tmp_path / "s"), "-q"]) == 0
+    record = json.loads((tmp_path / "s" / "svg.json").read_text())["samples"][0]
+    assert record["settings"]["decoder_steps"] == 1
+    assert probe(tmp_path / "s" / record["file"]).has_audio

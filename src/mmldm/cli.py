@@ -205,6 +205,24 @@ def _training_options(p: argparse.ArgumentParser, stage: str) -> None:
     _common(p)
 
 
+def _distill_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--autoencoder", help="the autoencoder run or checkpoint to distil")
+    p.add_argument("--data", help="data folder or manifest (stored in the run for --resume)")
+    p.add_argument("--cache", help="decode cache folder (see mmldm preprocess)")
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--resume", metavar="RUN", help="continue this run from its last checkpoint")
+    p.add_argument("--max-steps", type=int, help="stop here (default train.distill.max_steps)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override distill.*, train.* or sample.* of the autoencoder's config (repeatable)",
+    )
+    _common(p)
+
+
 def _decoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--decoder",
@@ -216,6 +234,10 @@ def _decoder_options(p: argparse.ArgumentParser) -> None:
         type=int,
         help="signal decoder steps (default sample.decoder_steps: the paper's 50, or the "
         "distilled decoder's K)",
+    )
+    p.add_argument(
+        "--vae-decoder",
+        help="a tiny VAE decoder of the autoencoder (mmldm distill-vae run or checkpoint)",
     )
 
 
@@ -269,6 +291,7 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> int:
 
 
 def cmd_distill_decoder(args: argparse.Namespace) -> int:
+    """distill-decoder (the signal decoder) and distill-vae (a tiny VAE decoder)."""
     import json
 
     from mmldm.train.distill import distill_decoder
@@ -288,6 +311,7 @@ def cmd_distill_decoder(args: argparse.Namespace) -> int:
         autoencoder,
         data,
         run,
+        part="vae" if args.command == "distill-vae" else "signal",
         overrides=args.overrides,
         resume=bool(args.resume),
         cache_dir=cache,
@@ -310,7 +334,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from mmldm.data.clips import frames_to_tensor_layout
     from mmldm.data.dataset import decode_span
     from mmldm.data.media import write_video
-    from mmldm.decode import decode_latents, encode_clips, load_autoencoder
+    from mmldm.decode import decode_latents, encode_clips, load_autoencoder, load_vae_decoder
 
     device = torch.device(args.device)
     model, vae, cfg = load_autoencoder(args.autoencoder, device, decoder=args.decoder)
@@ -324,9 +348,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     wave = torch.from_numpy(audio)[None].to(device)
     z_a, z_v = encode_clips(model, vae, video, wave)
     generator = torch.Generator(device).manual_seed(args.seed)
+    decoding_vae = vae  # or a tiny VAE decoder (mmldm distill-vae)
+    if args.vae_decoder:
+        decoding_vae = load_vae_decoder(args.vae_decoder, args.autoencoder, device)
     out = decode_latents(
         model,
-        vae,
+        decoding_vae,
         vocoder,
         z_a,
         z_v,
@@ -415,6 +442,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         dtype=dtype[args.dtype],
         vocoder=args.vocoder,
         decoder=args.decoder,
+        vae_decoder=args.vae_decoder,
     )
     data = pipe.cfg.data
     audio = video = None
@@ -597,21 +625,16 @@ def build_parser() -> argparse.ArgumentParser:
         "  mmldm distill-decoder --resume runs/dec",
         cmd_distill_decoder,
     )
-    p.add_argument("--autoencoder", help="the autoencoder run or checkpoint to distil")
-    p.add_argument("--data", help="data folder or manifest (stored in the run for --resume)")
-    p.add_argument("--cache", help="decode cache folder (see mmldm preprocess)")
-    p.add_argument("--out", help="run folder to create")
-    p.add_argument("--resume", metavar="RUN", help="continue this run from its last checkpoint")
-    p.add_argument("--max-steps", type=int, help="stop here (default train.distill.max_steps)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override distill.*, train.* or sample.* of the autoencoder's config (repeatable)",
+    _distill_options(p)
+    p = _subparser(
+        subparsers,
+        "distill-vae",
+        "after stage 1: a tiny VAE decoder (TAESD's architecture) in place of the KL-VAE's",
+        "mmldm distill-vae --autoencoder runs/ae --data data/landscape --out runs/tiny\n"
+        "  mmldm sample ... --vae-decoder runs/tiny",
+        cmd_distill_decoder,
     )
-    _common(p)
+    _distill_options(p)
 
     p = _subparser(
         subparsers,

@@ -431,19 +431,26 @@ class DistillConfig:
     The student starts as a copy of the trained decoder and is trained THROUGH its own sampler:
     ``steps`` x_0 predictions at trailing timesteps (T-1 first: from pure noise), each followed
     by a deterministic DDIM move to the next, with one pass per step and no guidance. Its last
-    x_0 is regressed on the target: the clip's own VAE latents (``data``) or the guided teacher's
-    sample from the same noise (``teacher``, Luhman & Luhman 2021).
+    x_0 is regressed on the target: the guided teacher's sample from the same noise
+    (``teacher``, Luhman & Luhman 2021) or the clip's own VAE latents (``data``: a sharper
+    round trip, but on the demo's second family it lost the guided decoder's audio-video timing
+    of generated latents; docs/fast_decoding.md).
     """
 
     steps: int = 4  # student sampling steps K: K UNet passes per latent instead of 2 x 50
-    target: str = "data"  # data | teacher
+    target: str = "teacher"  # teacher | data
     teacher_steps: int = 50  # target=teacher: the teacher's DDIM steps and guidance
     teacher_guidance: float = 2.5
     target_frames: int = 2  # frames decoded per clip and training step, with the audio image
+    # `mmldm distill-vae`: a TinyVAEDecoder (TAESD's architecture) in place of the KL-VAE's
+    # decoder, trained to reproduce its images; width and blocks per upsampling level
+    vae_width: int = 64
+    vae_depth: int = 3
 
     def __post_init__(self) -> None:
         _choice(self.target, ("data", "teacher"), "distill.target")
         _positive(self, "distill", "steps", "teacher_steps", "target_frames")
+        _positive(self, "distill", "vae_width", "vae_depth")
 
 
 @dataclass

@@ -31,7 +31,7 @@ from mmldm.diffusion.sampling import (
 from mmldm.diffusion.schedule import alphas_cumprod, make_sampler
 from mmldm.models.autoencoder import MultiModalAutoencoder, vae_inputs
 from mmldm.models.signal_decoder import DecoderCondition, SignalDecoder
-from mmldm.models.vae import build_vae
+from mmldm.models.vae import TinyVAEDecoder, build_vae
 from mmldm.models.vae import decode as vae_decode
 
 log = logging.getLogger(__name__)
@@ -72,15 +72,12 @@ DECODER_SAMPLE_KEYS = (
 )
 
 
-def load_distilled_decoder(
-    model: MultiModalAutoencoder, decoder: str | Path, autoencoder: str | Path
-) -> Config:
-    """Load a distilled decoder into ``model.decoder``; returns the model's config with the
-    decoder's sampling settings. Refuses a decoder distilled from another autoencoder: its
-    conditioning reads z of that autoencoder's encoders."""
+def _distilled_checkpoint(path: str | Path, autoencoder: str | Path):
+    """A ``distill`` checkpoint, refused unless distilled from ``autoencoder``: a distilled
+    decoder reads the latents of that autoencoder's encoders and VAE."""
     from mmldm.data.latents import autoencoder_fingerprint
 
-    ckpt = load_checkpoint(decoder, kind="distill")
+    ckpt = load_checkpoint(path, kind="distill")
     expected = ckpt.metadata.get("mmldm.autoencoder_fingerprint")
     found = autoencoder_fingerprint(autoencoder)
     if expected != found:
@@ -89,6 +86,15 @@ def load_distilled_decoder(
             f"{ckpt.metadata.get('mmldm.autoencoder')} (fingerprint {expected}), not of "
             f"{autoencoder} ({found})"
         )
+    return ckpt
+
+
+def load_distilled_decoder(
+    model: MultiModalAutoencoder, decoder: str | Path, autoencoder: str | Path
+) -> Config:
+    """Load a distilled signal decoder (``mmldm distill-decoder``) into ``model.decoder``;
+    returns the model's config with the decoder's sampling settings."""
+    ckpt = _distilled_checkpoint(decoder, autoencoder)
     load_weights(model.decoder, ckpt.state_dict("decoder"), source=str(ckpt.path))
     sample = dataclasses.replace(
         model.cfg.sample, **{k: getattr(ckpt.config.sample, k) for k in DECODER_SAMPLE_KEYS}
@@ -101,6 +107,21 @@ def load_distilled_decoder(
         sample.decoder_steps,
     )
     return dataclasses.replace(model.cfg, sample=sample)
+
+
+def load_vae_decoder(
+    path: str | Path,
+    autoencoder: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> TinyVAEDecoder:
+    """A tiny VAE decoder (``mmldm distill-vae``) of ``autoencoder``'s VAE, to decode latents
+    with in place of the KL-VAE's decoder (``decode_latents(..., vae=<it>)``)."""
+    ckpt = _distilled_checkpoint(path, autoencoder)
+    tiny = TinyVAEDecoder(ckpt.config)
+    load_weights(tiny, ckpt.state_dict("vae_decoder"), source=str(ckpt.path))
+    log.info("VAE decoder %s (step %d)", ckpt.path, ckpt.step)
+    return tiny.to(device, dtype).eval().requires_grad_(False)
 
 
 @torch.no_grad()
@@ -248,7 +269,7 @@ class DecodedClips:
 @torch.no_grad()
 def decode_latents(
     model: MultiModalAutoencoder,
-    vae,
+    vae: torch.nn.Module,
     vocoder: Vocoder,
     z_a: torch.Tensor,
     z_v: torch.Tensor,
@@ -265,7 +286,8 @@ def decode_latents(
     """(z_a ``[B, C, h_a, w_a]``, z_v ``[B, C, h_v, w_v]``) -> frames, audio image, mel, waveform.
 
     Defaults come from the config's ``sample`` section (50 DDIM steps, guidance 2.5 / 2.5; a
-    distilled decoder's config says few_step, K steps, no guidance).
+    distilled decoder's config says few_step, K steps, no guidance). ``vae``: the KL-VAE or a
+    :class:`TinyVAEDecoder` (:func:`load_vae_decoder`); only its decoder is used.
     """
     cfg = model.cfg
     sc = cfg.sample

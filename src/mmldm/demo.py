@@ -260,7 +260,7 @@ def reconstruct(pipe, video: torch.Tensor, audio: torch.Tensor):
     model, cfg = pipe.autoencoder, pipe.autoencoder.cfg
     z_a, z_v = encode_clips(model, pipe.vae, video, audio)
     g = torch.Generator().manual_seed(0)
-    out = decode_latents(model, pipe.vae, pipe.vocoder, z_a, z_v, generator=g)
+    out = decode_latents(model, pipe.decoding_vae, pipe.vocoder, z_a, z_v, generator=g)
     return Generation(
         task="reconstruction",
         frames=out.frames,

@@ -23,7 +23,13 @@ from mmldm.audio.vocoder import load_vocoder
 from mmldm.checkpoint import CheckpointError, load_checkpoint, load_weights
 from mmldm.config import Config
 from mmldm.data.latents import LatentStats, autoencoder_fingerprint
-from mmldm.decode import decode_latents, encode_audio, encode_video, load_autoencoder
+from mmldm.decode import (
+    decode_latents,
+    encode_audio,
+    encode_video,
+    load_autoencoder,
+    load_vae_decoder,
+)
 from mmldm.diffusion.sampling import guided, sample_loop
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod, make_sampler
 from mmldm.models.dit import DiTInputs, MultiModalDiT
@@ -52,7 +58,14 @@ class Generation:
 
 class MMLDMPipeline:
     def __init__(
-        self, dit: MultiModalDiT, stats: LatentStats, autoencoder, vae, vocoder, cfg: Config
+        self,
+        dit: MultiModalDiT,
+        stats: LatentStats,
+        autoencoder,
+        vae,
+        vocoder,
+        cfg: Config,
+        vae_decoder: torch.nn.Module | None = None,
     ) -> None:
         self.dit, self.stats, self.autoencoder, self.vae, self.vocoder = (
             dit,
@@ -62,6 +75,7 @@ class MMLDMPipeline:
             vocoder,
         )
         self.cfg = cfg  # the generator's config (its data / autoencoder sections match)
+        self.vae_decoder = vae_decoder  # a tiny VAE decoder, or None: the KL-VAE's
         self.abar = alphas_cumprod(cfg.diffusion)
 
     @classmethod
@@ -74,12 +88,14 @@ class MMLDMPipeline:
         dtype: torch.dtype = torch.float32,
         vocoder: str | None = None,
         decoder: str | Path | None = None,
+        vae_decoder: str | Path | None = None,
         use_ema: bool = True,
         allow_foreign_autoencoder: bool = False,
     ) -> MMLDMPipeline:
         """Load a generator run / checkpoint and the autoencoder it was trained on; with
         ``decoder``, a distilled decoder of that autoencoder (``mmldm distill-decoder``) decodes
-        instead of its own."""
+        instead of its own; with ``vae_decoder``, a tiny VAE decoder (``mmldm distill-vae``)
+        replaces the KL-VAE's decoder (its encoder still encodes a2v / v2a conditions)."""
         ckpt = load_checkpoint(generator, kind="generator")
         cfg = ckpt.config
         expected = ckpt.metadata.get("mmldm.autoencoder_fingerprint")
@@ -103,6 +119,9 @@ class MMLDMPipeline:
         dit.to(device).eval().requires_grad_(False)
         if dtype != torch.float32:
             dit.to(dtype)
+        tiny = None
+        if vae_decoder is not None:
+            tiny = load_vae_decoder(vae_decoder, autoencoder, device, dtype)
         log.info(
             "generator %s (step %d, %s weights), autoencoder %s",
             ckpt.path,
@@ -110,7 +129,7 @@ class MMLDMPipeline:
             name,
             autoencoder,
         )
-        return cls(dit, stats, model, vae, voc, cfg)
+        return cls(dit, stats, model, vae, voc, cfg, vae_decoder=tiny)
 
     @property
     def device(self) -> torch.device:
@@ -221,13 +240,18 @@ class MMLDMPipeline:
         )
         return (za_n if z_a is not None else None), (zv_n if z_v is not None else None)
 
+    @property
+    def decoding_vae(self) -> torch.nn.Module:
+        """What turns VAE latents into images: the tiny VAE decoder if loaded, else the VAE."""
+        return self.vae if self.vae_decoder is None else self.vae_decoder
+
     def decode(self, z_a: torch.Tensor, z_v: torch.Tensor, generator=None, labels=None, steps=None):
         """Normalised latents -> signals with the autoencoder's decoder settings (or a
         distilled decoder's); ``steps`` overrides sample.decoder_steps."""
         za, zv = self.stats.denormalize(z_a, z_v)
         return decode_latents(
             self.autoencoder,
-            self.vae,
+            self.decoding_vae,
             self.vocoder,
             za,
             zv,

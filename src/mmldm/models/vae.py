@@ -12,6 +12,7 @@ Latents follow Stable Diffusion: a posterior sample times ``scaling_factor`` (0.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -143,6 +144,40 @@ def encode(vae: AutoencoderKL, images: torch.Tensor, sample: bool = True) -> tor
     return z * vae.config.scaling_factor
 
 
-def decode(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
-    """Scaled latents -> images in [-1, 1] (not clamped: callers clamp for display)."""
+def decode(vae: AutoencoderKL | TinyVAEDecoder, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents -> images in [-1, 1] (not clamped: callers clamp for display), with the
+    KL-VAE's decoder or a distilled :class:`TinyVAEDecoder`."""
+    if isinstance(vae, TinyVAEDecoder):
+        return vae(latents)
     return vae.decode(latents / vae.config.scaling_factor).sample
+
+
+class TinyVAEDecoder(torch.nn.Module):
+    """A small decoder for the KL-VAE's latents (``mmldm distill-vae``): diffusers'
+    ``DecoderTiny``, the decoder of ``AutoencoderTiny`` (TAESD's architecture: plain conv blocks,
+    nearest upsampling, no attention, no normalisation), with one upsampling per factor 2 of
+    the VAE. Reads scaled latents (as TAESD does), returns images in [-1, 1].
+
+    Paper config (f = 8, width 64, 3 blocks per level): 1.2M parameters against the KL-VAE
+    decoder's 49.5M (benchmarks/flops.py counts both).
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        from diffusers.models.autoencoders.vae import DecoderTiny
+
+        d = cfg.distill
+        levels = int(math.log2(cfg.vae.downsample)) + 1  # x2 upsampling between levels
+        self.decoder = DecoderTiny(
+            in_channels=cfg.vae.latent_channels,
+            out_channels=3,
+            num_blocks=(d.vae_depth,) * (levels - 1) + (1,),
+            block_out_channels=(d.vae_width,) * levels,
+            upsampling_scaling_factor=2,
+            act_fn="relu",
+            upsample_fn="nearest",
+        )
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents ``[N, C, h, w]`` -> images ``[N, 3, f h, f w]`` in [-1, 1]."""
+        return self.decoder(latents)

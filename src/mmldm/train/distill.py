@@ -13,9 +13,14 @@ same pure noise as at sampling time. Its final x_0 is regressed on
   (knowledge distillation of the sampler, Luhman & Luhman 2021); ``teacher_steps`` teacher
   steps per training step make it slower.
 
-The encoders stay frozen, so the latents the generator was trained on do not change: the
-distilled decoder is a checkpoint of its own (kind "distill", module "decoder") that names the
-autoencoder it belongs to, and sampling loads it beside that autoencoder.
+``mmldm distill-vae`` (part "vae") trains, the same way, a :class:`TinyVAEDecoder` (TAESD's
+architecture, 1.2M parameters at the paper's size) to reproduce the KL-VAE decoder's images of
+the same latents (L1 + MSE): the second-largest cost of a video once the signal decoder is few-
+step.
+
+The encoders stay frozen, so the latents the generator was trained on do not change: a
+distilled decoder is a checkpoint of its own (kind "distill", module "decoder" or "vae_decoder")
+that names the autoencoder it belongs to, and sampling loads it beside that autoencoder.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,6 +42,9 @@ from mmldm.diffusion.sampling import few_step_sample, few_step_timesteps
 from mmldm.diffusion.schedule import alphas_cumprod
 from mmldm.models.autoencoder import MultiModalAutoencoder, VAEInputs, VAELatentCache
 from mmldm.models.signal_decoder import SignalDecoder
+from mmldm.models.vae import TinyVAEDecoder
+from mmldm.models.vae import decode as vae_decode
+from mmldm.models.vae import encode as vae_encode
 from mmldm.train.autoencoder import batch_inputs, write_reconstructions
 from mmldm.train.common import TrainingLoop, make_accelerator, make_optimizer, training_dataset
 
@@ -46,9 +55,13 @@ log = logging.getLogger(__name__)
 DISTILL_KEYS = ("distill.", "train.", "sample.")
 
 
-def distill_config(teacher: Config, overrides: list[str]) -> Config:
+PARTS = {"signal": "decoder", "vae": "vae_decoder"}  # part -> its module in the checkpoint
+
+
+def distill_config(teacher: Config, overrides: list[str], part: str = "signal") -> Config:
     """The run's config: the autoencoder's, the overrides (``distill.*``, ``train.*``,
-    ``sample.*`` only), and the student's sampling settings (few_step, K steps, no guidance)."""
+    ``sample.*`` only), and for the signal decoder the student's sampling settings (few_step,
+    K steps, no guidance)."""
     for item in overrides:
         if not item.strip().startswith(DISTILL_KEYS):
             raise ConfigError(
@@ -56,6 +69,8 @@ def distill_config(teacher: Config, overrides: list[str]) -> Config:
                 f"keys under {', '.join(DISTILL_KEYS)} may be set"
             )
     cfg = override_config(teacher, overrides, "the autoencoder's config")
+    if part == "vae":
+        return cfg
     student = [
         "sample.decoder_sampler=few_step",
         f"sample.decoder_steps={cfg.distill.steps}",
@@ -106,30 +121,56 @@ def distill_loss(
     return loss, logs
 
 
+def distill_vae_loss(
+    tiny: TinyVAEDecoder, vae, inputs: VAEInputs
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 + MSE between the tiny decoder's images and the KL-VAE decoder's of the same
+    latents (the audio images and ``distill.target_frames`` frames per clip)."""
+    latents = torch.cat([inputs.audio_latent, inputs.target_latents.flatten(0, 1)])
+    with torch.no_grad():
+        target = vae_decode(vae, latents).float()  # [B + B*n, 3, S, S]
+    out = tiny(latents).float()
+    l1, mse = F.l1_loss(out, target), F.mse_loss(out, target)
+    loss = l1 + mse
+    return loss, {"loss": loss.item(), "loss_l1": l1.item(), "loss_mse": mse.item()}
+
+
 class Objective(nn.Module):
     """The loss as the forward of one module (DDP sees one forward per backward); the frozen
-    teacher is held outside its parameters."""
+    teacher is held outside its parameters, inside ``loss``."""
 
-    def __init__(self, student: SignalDecoder, teacher: MultiModalAutoencoder, cfg: Config):
+    def __init__(self, student: nn.Module, loss: Callable) -> None:
         super().__init__()
-        self.student, self.cfg = student, cfg
-        self.aux = {"teacher": teacher}
+        self.student = student
+        self.aux = {"loss": loss}  # (student, inputs) -> (loss, logs)
 
     def forward(self, inputs: VAEInputs) -> tuple[torch.Tensor, dict[str, float]]:
-        return distill_loss(self.student, self.aux["teacher"], inputs, self.cfg)
+        return self.aux["loss"](self.student, inputs)
 
 
-def _write_previews(
-    teacher: MultiModalAutoencoder, student: SignalDecoder, cfg: Config, vae, batch, folder: Path
-) -> None:
-    """Reconstructions of a few clips of the batch decoded by the student (mp4s + grid)."""
-    own_decoder, own_cfg = teacher.decoder, teacher.cfg
-    teacher.decoder, teacher.cfg = student, cfg  # the teacher's encoders, the student's decoder
-    try:
-        write_reconstructions(teacher, vae, batch["video"], batch["audio"], folder)
-    finally:
-        teacher.decoder, teacher.cfg = own_decoder, own_cfg
-        student.train()
+@torch.no_grad()
+def _write_previews(part, teacher, student, cfg: Config, vae, batch, folder: Path) -> None:
+    """Reconstructions of a few clips of the batch decoded by the student: mp4s + a grid (the
+    signal decoder), or a grid of KL-VAE vs tiny decoder images of their latents (the VAE)."""
+    if part == "signal":
+        own_decoder, own_cfg = teacher.decoder, teacher.cfg
+        teacher.decoder, teacher.cfg = student, cfg  # the teacher's encoders, the student's
+        try:
+            write_reconstructions(teacher, vae, batch["video"], batch["audio"], folder)
+        finally:
+            teacher.decoder, teacher.cfg = own_decoder, own_cfg
+            student.train()
+        return
+    from mmldm.viz import save_grid
+
+    frames = batch["video"][:2].float()  # [2, F, 3, S, S]
+    latents = vae_encode(vae, frames.flatten(0, 1), sample=False)
+    kl = vae_decode(vae, latents).clamp(-1, 1).unflatten(0, frames.shape[:2])
+    tiny = student(latents).clamp(-1, 1).unflatten(0, frames.shape[:2])
+    rows = [row for i in range(len(frames)) for row in (frames[i], kl[i], tiny[i])]
+    labels = [f"{what} {i}" for i in range(len(frames)) for what in ("clip", "KL-VAE", "tiny")]
+    folder.mkdir(parents=True, exist_ok=True)
+    save_grid(rows, folder / "grid.png", labels)
 
 
 def distill_decoder(
@@ -137,14 +178,16 @@ def distill_decoder(
     data: str | Path,
     run: str | Path,
     *,
+    part: str = "signal",
     overrides: list[str] | None = None,
     resume: bool = False,
     cache_dir: str | Path | None = None,
     max_steps: int | None = None,
 ) -> Path:
-    """Train a few-step decoder from the decoder of ``autoencoder`` into the run folder
-    ``run``; returns the last checkpoint's folder. A resumed run keeps its stored config and
-    must be given the same autoencoder."""
+    """Train a few-step signal decoder (``part="signal"``) or a tiny VAE decoder
+    (``part="vae"``) for ``autoencoder`` into the run folder ``run``; returns the last
+    checkpoint's folder. A resumed run keeps its stored config and must be given the same
+    autoencoder."""
     from mmldm.data.latents import autoencoder_fingerprint
 
     run = Path(run)
@@ -161,16 +204,20 @@ def distill_decoder(
             )
     else:
         teacher_cfg = load_checkpoint(autoencoder, kind="autoencoder").config
-        cfg = distill_config(teacher_cfg, list(overrides or []))
+        cfg = distill_config(teacher_cfg, list(overrides or []), part)
     stage = cfg.train.distill
     accelerator = make_accelerator(cfg, stage)
     dataset = training_dataset(data, cfg, cache_dir, accelerator)
     teacher, vae, _ = load_autoencoder(autoencoder, accelerator.device)
-    student = copy.deepcopy(teacher.decoder).train().requires_grad_(True)
-    if cfg.train.gradient_checkpointing:  # K passes are kept for the backward through them
-        for unet in student.unets.values():
-            unet.enable_gradient_checkpointing()
-    objective = Objective(student, teacher, cfg)
+    if part == "signal":
+        student = copy.deepcopy(teacher.decoder).train().requires_grad_(True)
+        if cfg.train.gradient_checkpointing:  # K passes are kept for the backward through them
+            for unet in student.unets.values():
+                unet.enable_gradient_checkpointing()
+        objective = Objective(student, lambda s, x: distill_loss(s, teacher, x, cfg))
+    else:
+        student = TinyVAEDecoder(cfg).to(accelerator.device)
+        objective = Objective(student, lambda s, x: distill_vae_loss(s, vae, x))
     opt = make_optimizer(student.parameters(), stage)
     objective, opt = accelerator.prepare(objective, opt)
     loop = TrainingLoop(
@@ -179,8 +226,8 @@ def distill_decoder(
         "distill",
         run,
         dataset,
-        {"decoder": student},
-        {"decoder": opt},
+        {PARTS[part]: student},
+        {PARTS[part]: opt},
         resume=resume,
         max_steps=max_steps,
         num_workers=cfg.data.num_workers,
@@ -203,6 +250,6 @@ def distill_decoder(
         if loop.due(cfg.train.sample_every):
             if accelerator.is_main_process:
                 folder = run / "samples" / f"step_{loop.step:08d}"
-                _write_previews(teacher, student, cfg, vae, batch, folder)
+                _write_previews(part, teacher, student, cfg, vae, batch, folder)
             accelerator.wait_for_everyone()
     return loop.close()
