@@ -645,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--autoencoder", required=True, help="autoencoder run or checkpoint")
     _decoder_options(p)
+    p.add_argument("--steps", dest="decoder_steps", type=int, help="same as --decoder-steps")
     p.add_argument("--input", required=True, help="a video file with sound")
     p.add_argument("--out", required=True, help="output mp4")
     p.add_argument("--start", type=float, default=0.0, help="clip start in seconds")
