@@ -190,6 +190,8 @@ def distill_decoder(
     autoencoder."""
     from mmldm.data.latents import autoencoder_fingerprint
 
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r} ({' | '.join(PARTS)})")
     run = Path(run)
     fingerprint = autoencoder_fingerprint(autoencoder)
     if resume:
@@ -238,7 +240,13 @@ def distill_decoder(
     )
     if accelerator.is_main_process:
         (run / "data.json").write_text(
-            json.dumps({"autoencoder": str(autoencoder), "data": str(data), "cache": cache_dir})
+            json.dumps(
+                {
+                    "autoencoder": str(autoencoder),
+                    "data": str(data),
+                    "cache": None if cache_dir is None else str(cache_dir),
+                }
+            )
         )
     cache = VAELatentCache(vae) if cfg.train.cache_vae_latents else None
     for batch in loop:
