@@ -50,6 +50,7 @@ from common import (
 
 from mmldm.audio.mel import MelSettings
 from mmldm.config import Config, load_config
+from mmldm.decode import with_decoder_sampling
 from mmldm.diffusion.schedule import alphas_cumprod
 from mmldm.models.autoencoder import MultiModalAutoencoder, vae_inputs
 from mmldm.models.discriminator import TripletDiscriminator
@@ -434,14 +435,7 @@ def demo_vocoder(results: list[Result], kind: str, repeats: int) -> None:
             f"{sc.decoder_steps} decoder steps, guided",
         )
         guided_cfg = pipe.autoencoder.cfg
-        few = dataclasses.replace(
-            guided_cfg.sample,
-            decoder_sampler="few_step",
-            decoder_steps=4,
-            decoder_guidance_audio=1.0,
-            decoder_guidance_video=1.0,
-        )
-        pipe.autoencoder.cfg = dataclasses.replace(guided_cfg, sample=few)
+        pipe.autoencoder.cfg = with_decoder_sampling(guided_cfg, "few_step", 4, 1.0, 1.0)
         run_timed(
             results,
             sec,

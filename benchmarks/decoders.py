@@ -20,7 +20,6 @@ written as JSON (``--out``). Costs per paper-size video are in benchmarks/flops.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -32,7 +31,8 @@ from common import RESULTS_DIR, format_table, machine_info, write_json
 
 from mmldm.audio.mel import MelSettings, mel_spectrogram
 from mmldm.data.media import read_media
-from mmldm.demo import SCORED_TASKS, evaluate_demo, make_samples
+from mmldm.decode import with_decoder_sampling
+from mmldm.demo import NUM_TEST_CLIPS, SCORED_TASKS, evaluate_demo, make_samples
 from mmldm.pipeline import MMLDMPipeline
 
 log = logging.getLogger("decoders")
@@ -57,21 +57,6 @@ COLUMNS = [  # (task, metric, header)
 ]
 
 
-def with_decoder_settings(pipe: MMLDMPipeline, sampler: str, steps: int, guidance: float):
-    """The pipeline decoding with these settings (the autoencoder's config is what decoding
-    reads)."""
-    cfg = pipe.autoencoder.cfg
-    sample = dataclasses.replace(
-        cfg.sample,
-        decoder_sampler=sampler,
-        decoder_steps=steps,
-        decoder_guidance_audio=guidance,
-        decoder_guidance_video=guidance,
-    )
-    pipe.autoencoder.cfg = dataclasses.replace(cfg, sample=sample)
-    return pipe
-
-
 def round_trip(samples: Path, cfg) -> dict[str, float]:
     """Frame PSNR (dB, frames in [0, 1]) and log-mel L1 of the reconstructions against their
     sources, both read back from their mp4 files."""
@@ -93,7 +78,7 @@ def round_trip(samples: Path, cfg) -> dict[str, float]:
     return {"frame_psnr": sum(psnr) / len(psnr), "log_mel_l1": sum(mel_l1) / len(mel_l1)}
 
 
-def run_setting(demo: Path, name: str, pipe: MMLDMPipeline, passes: int) -> dict:
+def run_setting(demo: Path, name: str, pipe: MMLDMPipeline) -> dict:
     folder = demo / "decoders" / name
     data_dir, test_dir = demo / "data" / "train", demo / "data" / "test"
     t0 = time.perf_counter()
@@ -102,12 +87,13 @@ def run_setting(demo: Path, name: str, pipe: MMLDMPipeline, passes: int) -> dict
     metrics = evaluate_demo(demo, cfg, data_dir, test_dir, samples=folder / "samples")
     metrics["round_trip"] = round_trip(folder / "samples", cfg)
     sc = cfg.sample
+    guided = sc.decoder_guidance_audio != 1.0 or sc.decoder_guidance_video != 1.0
     metrics["setting"] = {
         "sampler": sc.decoder_sampler,
         "steps": sc.decoder_steps,
         "guidance": sc.decoder_guidance_video,
-        "unet_passes_per_latent": passes,
-        "reconstruction_seconds_per_clip": seconds["reconstruction"] / 16,
+        "unet_passes_per_latent": sc.decoder_steps * (2 if guided else 1),
+        "reconstruction_seconds_per_clip": seconds["reconstruction"] / NUM_TEST_CLIPS,
         "seconds": time.perf_counter() - t0,
     }
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -147,17 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     demo = Path(args.demo)
     load = dict(generator=demo / "generator", autoencoder=demo / "autoencoder")
     results = {}
-    for name in args.teacher:
-        sampler, steps, guidance = TEACHER_SETTINGS[name]
-        pipe = with_decoder_settings(MMLDMPipeline.from_pretrained(**load), *TEACHER_SETTINGS[name])
-        passes = steps * (2 if guidance != 1.0 else 1)
-        results[name] = run_setting(demo, name, pipe, passes)
+    if args.teacher:
+        pipe = MMLDMPipeline.from_pretrained(**load)  # once: each setting only changes the config
+        own = pipe.autoencoder.cfg
+        for name in args.teacher:
+            sampler, steps, guidance = TEACHER_SETTINGS[name]
+            pipe.autoencoder.cfg = with_decoder_sampling(own, sampler, steps, guidance, guidance)
+            results[name] = run_setting(demo, name, pipe)
     for run in args.distilled:
         for tiny in [None, args.vae_decoder] if args.vae_decoder else [None]:
             pipe = MMLDMPipeline.from_pretrained(**load, decoder=run, vae_decoder=tiny)
             name = f"distilled-{Path(run).name}" + (f"+{Path(tiny).name}" if tiny else "")
-            passes = pipe.autoencoder.cfg.sample.decoder_steps
-            results[name] = run_setting(demo, name, pipe, passes)
+            results[name] = run_setting(demo, name, pipe)
     headers = ["decoder", "passes / latent", *(h for _, _, h in COLUMNS)]
     headers += ["recon PSNR dB", "recon log-mel L1", "recon s / clip"]
     print(

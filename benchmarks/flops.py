@@ -66,19 +66,19 @@ PAPER_TABLE4 = {"S": (131e6, 34.0), "B": (384e6, 101.0), "L": (1543e6, 407.0)}
 # The published configs prepend 77 learnable context tokens (DESIGN.md 5); we compare with and
 # without them because the paper's FLOPs fall between the two token counts.
 PUBLISHED_CONTEXT_TOKENS = 77
-# Whole-pipeline settings: (DiT solver, DiT steps, decoder setting, decoder steps, guided).
-# The paper's decoder takes 50 guided DDIM steps; a distilled one (mmldm distill-decoder) K
-# unguided passes.
-# The last field: the VAE decoder is the tiny one of mmldm distill-vae instead of the KL-VAE's.
-PIPELINES = [
-    ("DDIM", 50, "DDIM, guided (paper)", 50, True, False),
-    ("DPM-Solver++", 20, "DPM-Solver++, guided", 20, True, False),
-    ("DDIM", 50, "distilled few-step", 4, False, False),
-    ("DPM-Solver++", 20, "distilled few-step", 4, False, False),
-    ("DPM-Solver++", 20, "distilled few-step", 2, False, False),
-    ("DPM-Solver++", 20, "distilled few-step", 1, False, False),
-    ("DPM-Solver++", 20, "distilled few-step", 4, False, True),
-    ("DPM-Solver++", 20, "distilled few-step", 1, False, True),
+# Whole-pipeline settings: every DiT solver x every signal decoder setting.
+DIT_SOLVERS = [("DDIM", 50), ("DPM-Solver++", 20)]
+# (decoder setting, decoder steps, guided, tiny VAE decoder): the paper's decoder takes 50
+# guided DDIM steps (the demo preset 20); a distilled one (mmldm distill-decoder) K unguided
+# passes, optionally with the tiny VAE decoder of mmldm distill-vae instead of the KL-VAE's.
+DECODERS = [
+    ("guided (paper)", 50, True, False),
+    ("guided", 20, True, False),
+    ("distilled few-step", 4, False, False),
+    ("distilled few-step", 2, False, False),
+    ("distilled few-step", 1, False, False),
+    ("distilled few-step", 4, False, True),
+    ("distilled few-step", 1, False, True),
 ]
 
 
@@ -432,15 +432,15 @@ def main(argv: list[str] | None = None) -> int:
 
     # Whole pipeline per video: every DiT size x every setting of PIPELINES.
     pipeline_table, pipeline_json = [], []
+    by_key = {r.key: r for r in rows}
+    settings = [(*solver, *decoder) for solver in DIT_SOLVERS for decoder in DECODERS]
     for size, dit_row in dit_rows.items():
-        for dit_solver, dit_steps, decoder, dec_steps, guided, tiny in PIPELINES:
+        for dit_solver, dit_steps, decoder, dec_steps, guided, tiny in settings:
             dit_total = dit_row.flops.total * dit_steps
-            dec_total = sum(
-                r.flops.total * r.calls_for(dec_steps, guided)
-                for r in rows
-                if r.key == "decoder_unet"
+            dec_total = by_key["decoder_unet"].flops.total * by_key["decoder_unet"].calls_for(
+                dec_steps, guided
             )
-            vae_row = {r.key: r for r in rows}["vae_decode_tiny" if tiny else "vae_decode"]
+            vae_row = by_key["vae_decode_tiny" if tiny else "vae_decode"]
             rest = vae_row.flops.total + sum(
                 r.flops.total * r.calls_for(dec_steps, guided)
                 for r in rows

@@ -64,12 +64,19 @@ def load_autoencoder(
     return model, vae, cfg
 
 
-DECODER_SAMPLE_KEYS = (
-    "decoder_sampler",
-    "decoder_steps",
-    "decoder_guidance_audio",
-    "decoder_guidance_video",
-)
+def with_decoder_sampling(
+    cfg: Config, sampler: str, steps: int, guidance_audio: float, guidance_video: float
+) -> Config:
+    """``cfg`` with the signal decoder's sampling settings (``sample.decoder_*``) replaced:
+    what :func:`decode_latents` reads from the model's config."""
+    sample = dataclasses.replace(
+        cfg.sample,
+        decoder_sampler=sampler,
+        decoder_steps=steps,
+        decoder_guidance_audio=guidance_audio,
+        decoder_guidance_video=guidance_video,
+    )
+    return dataclasses.replace(cfg, sample=sample)
 
 
 def _distilled_checkpoint(path: str | Path, autoencoder: str | Path):
@@ -96,17 +103,21 @@ def load_distilled_decoder(
     returns the model's config with the decoder's sampling settings."""
     ckpt = _distilled_checkpoint(decoder, autoencoder)
     load_weights(model.decoder, ckpt.state_dict("decoder"), source=str(ckpt.path))
-    sample = dataclasses.replace(
-        model.cfg.sample, **{k: getattr(ckpt.config.sample, k) for k in DECODER_SAMPLE_KEYS}
-    )
+    own = ckpt.config.sample
     log.info(
         "decoder %s (step %d): %s, %d steps",
         ckpt.path,
         ckpt.step,
-        sample.decoder_sampler,
-        sample.decoder_steps,
+        own.decoder_sampler,
+        own.decoder_steps,
     )
-    return dataclasses.replace(model.cfg, sample=sample)
+    return with_decoder_sampling(
+        model.cfg,
+        own.decoder_sampler,
+        own.decoder_steps,
+        own.decoder_guidance_audio,
+        own.decoder_guidance_video,
+    )
 
 
 def load_vae_decoder(

@@ -88,17 +88,18 @@ def few_step_sample(
         timesteps: decreasing, from :func:`few_step_timesteps`.
         abar: ``[T]`` alpha_bar of the training schedule.
     """
+    if not timesteps:
+        raise ValueError("few_step_sample needs at least one timestep")
     x = x_T
     abar = abar.to(x.device)
-    for k, t in enumerate(timesteps):
+    for t, t_next in zip(timesteps, [*timesteps[1:], None], strict=True):
         t_batch = torch.full((len(x),), t, device=x.device, dtype=torch.long)
         x0 = predict_x0(x, model_fn(x, t_batch), t_batch, abar, prediction_type)
-        if k == len(timesteps) - 1:
-            return x0
-        a, a_next = abar[t].to(x.dtype), abar[timesteps[k + 1]].to(x.dtype)
-        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-        x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
-    raise ValueError("few_step_sample needs at least one timestep")
+        if t_next is not None:  # deterministic DDIM move to the next timestep
+            a, a_next = abar[t].to(x.dtype), abar[t_next].to(x.dtype)
+            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+            x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+    return x0
 
 
 def _step_params(scheduler) -> set[str]:

@@ -9,7 +9,7 @@ same pure noise as at sampling time. Its final x_0 is regressed on
 
 - ``distill.target = data``: the VAE latents of the clip's own frames and audio image (a
   few-step decoder trained with the regression loss stage 1 already has);
-- ``distill.target = teacher``: the guided teacher's DDIM sample from the same noise
+- ``distill.target = teacher`` (default): the guided teacher's DDIM sample from the same noise
   (knowledge distillation of the sampler, Luhman & Luhman 2021); ``teacher_steps`` teacher
   steps per training step make it slower.
 
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmldm.checkpoint import CheckpointError, load_checkpoint
+from mmldm.checkpoint import CheckpointError, read_metadata, resolve_checkpoint
 from mmldm.config import Config, ConfigError, load_config, override_config
 from mmldm.decode import decoder_denoiser, decoder_noise, load_autoencoder, run_decoder_sampler
 from mmldm.diffusion.sampling import few_step_sample, few_step_timesteps
@@ -194,23 +194,26 @@ def distill_decoder(
         raise ValueError(f"unknown part {part!r} ({' | '.join(PARTS)})")
     run = Path(run)
     fingerprint = autoencoder_fingerprint(autoencoder)
+    # read once, on the CPU until the device is known; its config is the run's base
+    teacher, vae, teacher_cfg = load_autoencoder(autoencoder)
     if resume:
         if overrides:
             raise ValueError("--resume continues a run with its own config: drop --set")
         cfg = load_config(run / "config.yaml")
-        saved = load_checkpoint(run, kind="distill").metadata.get("mmldm.autoencoder_fingerprint")
+        meta = read_metadata(resolve_checkpoint(run))  # the header only, not the weights
+        saved = meta.get("mmldm.autoencoder_fingerprint")
         if saved != fingerprint:
             raise CheckpointError(
                 f"{run} distils the decoder of another autoencoder ({saved}), not {autoencoder} "
                 f"({fingerprint})"
             )
     else:
-        teacher_cfg = load_checkpoint(autoencoder, kind="autoencoder").config
         cfg = distill_config(teacher_cfg, list(overrides or []), part)
     stage = cfg.train.distill
     accelerator = make_accelerator(cfg, stage)
     dataset = training_dataset(data, cfg, cache_dir, accelerator)
-    teacher, vae, _ = load_autoencoder(autoencoder, accelerator.device)
+    teacher.to(accelerator.device)
+    vae.to(accelerator.device)
     if part == "signal":
         student = copy.deepcopy(teacher.decoder).train().requires_grad_(True)
         if cfg.train.gradient_checkpointing:  # K passes are kept for the backward through them
