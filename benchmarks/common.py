@@ -313,7 +313,6 @@ def random_pipeline(
     import logging
 
     from mmldm.audio.hifigan import HiFiGANConfig, HiFiGANGenerator
-    from mmldm.audio.mel import MelSettings
     from mmldm.audio.vocoder import Vocoder, check_settings, load_vocoder
     from mmldm.data.latents import LatentStats
     from mmldm.models.autoencoder import MultiModalAutoencoder
@@ -328,7 +327,7 @@ def random_pipeline(
         dit = MultiModalDiT(cfg).to(device).eval().requires_grad_(False)
     c_a, c_v = cfg.audio_latent_shape[0], cfg.video_latent_shape[0]
     stats = LatentStats(torch.zeros(c_a), torch.ones(c_a), torch.zeros(c_v), torch.ones(c_v))
-    settings = MelSettings.from_config(cfg.data)
+    settings = cfg.data.mel
     if vocoder == "hifigan":
         hcfg = HiFiGANConfig.preset("V1")
         if hcfg.sampling_rate != settings.sample_rate:  # same network, other rate label

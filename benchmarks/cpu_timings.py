@@ -48,7 +48,6 @@ from common import (
     write_json,
 )
 
-from mmldm.audio.mel import MelSettings
 from mmldm.config import Config, load_config
 from mmldm.decode import with_decoder_sampling
 from mmldm.diffusion.schedule import alphas_cumprod
@@ -446,7 +445,7 @@ def demo_vocoder(results: list[Result], kind: str, repeats: int) -> None:
             "4 unguided decoder passes (mmldm distill-decoder)",
         )
         pipe.autoencoder.cfg = guided_cfg
-    settings = MelSettings.from_config(data)
+    settings = data.mel
     frames = settings.num_frames(int(round(data.clip_seconds * data.sample_rate)))
     mel = torch.randn(1, data.n_mels, frames)
 

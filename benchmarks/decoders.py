@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from common import RESULTS_DIR, format_table, machine_info, write_json
 
-from mmldm.audio.mel import MelSettings, mel_spectrogram
+from mmldm.audio.mel import mel_spectrogram
 from mmldm.data.media import read_media
 from mmldm.decode import with_decoder_sampling
 from mmldm.demo import NUM_TEST_CLIPS, SCORED_TASKS, evaluate_demo, make_samples
@@ -61,7 +61,7 @@ def round_trip(samples: Path, cfg) -> dict[str, float]:
     """Frame PSNR (dB, frames in [0, 1]) and log-mel L1 of the reconstructions against their
     sources, both read back from their mp4 files."""
     records = json.loads((samples / "reconstruction" / "reconstruction.json").read_text())
-    mel = MelSettings.from_config(cfg.data)
+    mel = cfg.data.mel
     n = int(round(cfg.data.clip_seconds * cfg.data.sample_rate))
     psnr, mel_l1 = [], []
     for r in records["samples"]:

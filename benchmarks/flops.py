@@ -51,7 +51,6 @@ from common import (
 )
 
 from mmldm.audio.hifigan import HiFiGANConfig, HiFiGANGenerator
-from mmldm.audio.mel import MelSettings
 from mmldm.config import DIT_SIZES, Config, load_config
 from mmldm.models.autoencoder import MultiModalAutoencoder
 from mmldm.models.dit import DiTInputs, MultiModalDiT
@@ -61,9 +60,9 @@ from mmldm.models.vae import encode as vae_encode
 
 log = logging.getLogger("flops")
 
-# Paper Table 4 (parameters, "GFLOPs" per DiT forward) and sec. 4.1 / DESIGN.md 5.
+# Paper Table 4 (parameters, "GFLOPs" per DiT forward) and sec. 4.1 / docs/design.md §5.
 PAPER_TABLE4 = {"S": (131e6, 34.0), "B": (384e6, 101.0), "L": (1543e6, 407.0)}
-# The published configs prepend 77 learnable context tokens (DESIGN.md 5); we compare with and
+# The published configs prepend 77 learnable context tokens (docs/design.md §5); we compare with and
 # without them because the paper's FLOPs fall between the two token counts.
 PUBLISHED_CONTEXT_TOKENS = 77
 # Whole-pipeline settings: every DiT solver x every signal decoder setting.
@@ -171,7 +170,7 @@ def autoencoder_rows(cfg: Config) -> list[Row]:
     f, s, r = cfg.data.num_frames, cfg.data.resolution, cfg.vae_latent_size
     k = len(ae_cfg.key_frames)
     c_vae = cfg.vae.latent_channels
-    settings = MelSettings.from_config(cfg.data)
+    settings = cfg.data.mel
     mel_frames = settings.num_frames(int(round(cfg.data.clip_seconds * cfg.data.sample_rate)))
     rows: list[Row] = []
 

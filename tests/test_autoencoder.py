@@ -1,4 +1,5 @@
-"""Stage 1 model: paper shapes, gradient paths (DESIGN.md 8.1, 8.2, 8.4) and a falling loss."""
+"""Stage 1 model: paper shapes, gradient paths (docs/design.md §8.1, §8.2, §8.4), a falling
+loss."""
 
 import dataclasses
 
@@ -66,7 +67,7 @@ def _grads(module):
 
 
 def test_adversarial_generator_loss_alone_reaches_the_decoder(setup):
-    """DESIGN.md 8.2: the generator side of the GAN has a gradient path into the decoder."""
+    """docs/design.md §8.2: the generator side of the GAN has a gradient path into the decoder."""
     cfg, model, vae, disc, inputs, labels = setup
     gan_only = dataclasses.replace(
         cfg,
@@ -113,7 +114,7 @@ def test_more_target_frames_per_clip(setup):
 
 
 def test_conditioning_weight_matrices_get_gradients(setup):
-    """DESIGN.md 8.1: the content and semantic MLPs learn (only their last layer starts at 0)."""
+    """docs/design.md §8.1: the content and semantic MLPs learn (only their last layer is 0)."""
     cfg, model, vae, disc, inputs, labels = setup
     model.zero_grad()
     torch.manual_seed(0)
@@ -167,7 +168,7 @@ def test_changing_s_a_changes_the_video_prediction(setup):
 
 
 def test_frame_index_embedding_separates_neighbouring_frames():
-    """DESIGN.md 8.4: index / F in [0, 1) is scaled before the sinusoid."""
+    """docs/design.md §8.4: index / F in [0, 1) is scaled before the sinusoid."""
     from mmldm.models.blocks import sinusoidal_embedding
 
     cfg = load_config("paper_landscape")

@@ -14,6 +14,7 @@ from mmldm.checkpoint import (
     load_checkpoint,
     load_state_dict_file,
     load_weights,
+    resolve_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
@@ -229,6 +230,30 @@ def test_wrong_kind_is_refused(tmp_path, cfg):
     )
     with pytest.raises(CheckpointError, match="'autoencoder' checkpoint, expected 'generator'"):
         load_checkpoint(path, kind="generator")
+
+
+def test_generator_of_format_1_is_refused_other_kinds_load(tmp_path, cfg):
+    """Format 1 put the DiT's position rows where DiT puts columns: such a generator would see
+    its tokens transposed, so it is refused with a message; an autoencoder still loads."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    def as_format_1(path):
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata())
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        save_file(tensors, str(path), metadata={**meta, "mmldm.format": "1"})
+        return path
+
+    for kind in ("generator", "autoencoder"):
+        folder = save_checkpoint(
+            tmp_path / kind, modules={"model": Net()}, config=cfg, kind=kind, step=1
+        )
+        assert load_checkpoint(folder).metadata["mmldm.format"] == ckpt.FORMAT_VERSION
+        as_format_1(resolve_checkpoint(folder))
+    with pytest.raises(CheckpointError, match="generator of checkpoint format 1.*Train it again"):
+        load_checkpoint(tmp_path / "generator", kind="generator")
+    assert load_checkpoint(tmp_path / "autoencoder").kind == "autoencoder"
 
 
 def test_mismatch_is_reported_and_strict_fails(tmp_path, cfg, caplog):

@@ -2,7 +2,10 @@ import dataclasses
 
 import pytest
 
+from mmldm.audio.mel import MelSettings
 from mmldm.config import (
+    DIT_SIZES,
+    RETIRED_KEYS,
     Config,
     ConfigError,
     config_from_dict,
@@ -23,7 +26,7 @@ def test_presets_are_shipped_and_build():
 
 
 def test_paper_presets_hold_the_papers_numbers():
-    """DESIGN.md section 1 and 4: shapes and loss weights of the paper config."""
+    """docs/design.md §1 and §4: shapes and loss weights of the paper config."""
     for name, kl, classes in (("paper_landscape", 1e-9, 9), ("paper_aist", 1e-8, 60)):
         cfg = load_config(name)
         assert cfg.video_latent_shape == (16, 16, 16)
@@ -179,3 +182,57 @@ def test_bad_yaml(tmp_path):
 def test_defaults_without_file_are_the_paper_landscape_values():
     assert load_config(None) == Config()
     assert load_config("paper_landscape") == dataclasses.replace(Config(), name="paper_landscape")
+
+
+def test_dit_size_and_dimensions_the_later_layer_wins(tmp_path):
+    # a preset's size, overridden: the dimensions follow the new size
+    cfg = load_config("paper_landscape", ["dit.size=S"])
+    assert (cfg.dit.size, cfg.dit.hidden_size, cfg.dit.depth, cfg.dit.num_heads) == (
+        "S",
+        *DIT_SIZES["S"],
+    )
+    # a dimension overridden: the rest stay, and the config no longer claims the size
+    cfg = load_config("paper_landscape", ["dit.size=XL", "dit.depth=12"])
+    assert (cfg.dit.size, cfg.dit.hidden_size, cfg.dit.depth) == (None, 1152, 12)
+    # a size over a preset's explicit dimensions
+    assert load_config("demo", ["dit.size=B"]).dit.hidden_size == DIT_SIZES["B"][0]
+    # one layer that gives both: they must agree; a contradiction is an error, not overridden
+    path = tmp_path / "both.yaml"
+    path.write_text("dit:\n  size: S\n  depth: 12\n")
+    assert load_config(path).dit.depth == 12
+    path.write_text("dit:\n  size: S\n  hidden_size: 128\n")
+    with pytest.raises(ConfigError, match=r"dit\.hidden_size.*128.*contradicts dit\.size=S"):
+        load_config(path)
+    # no size: the given dimensions, DiT-XL's for the others; the stored config rebuilds
+    cfg = load_config(None, ["dit.depth=2"])
+    assert (cfg.dit.hidden_size, cfg.dit.depth, cfg.dit.num_heads) == (1152, 2, 16)
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("key", sorted(RETIRED_KEYS))
+def test_retired_keys_say_why(key, tmp_path):
+    with pytest.raises(ConfigError, match=rf"'{key}' in --set .* was removed: "):
+        load_config("tiny", [f"{key}=0"])
+    section, name = key.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text(f"{section}:\n  {name}: 0\n")
+    with pytest.raises(ConfigError, match=rf"'{key}' in {path} was removed"):
+        load_config(path)
+
+
+def test_configs_stored_by_older_versions_are_migrated():
+    values = config_to_dict(load_config("tiny"))
+    values["dit"]["context_drop_prob"] = 0.1
+    values["decoder"]["modality_embedding"] = False  # the old switch of the ablation
+    cfg = config_from_dict(values)
+    assert cfg.decoder.num_modality_tokens == 0
+    values["decoder"]["modality_embedding"] = True
+    assert config_from_dict(values).decoder.num_modality_tokens == 1
+
+
+def test_mel_settings_are_defined_once():
+    cfg = load_config("paper_landscape")
+    assert cfg.data.mel == MelSettings()  # the paper's are HiFi-GAN's
+    demo = load_config("demo").data
+    assert demo.mel == MelSettings(sample_rate=16000, n_mels=64)
+    assert {f.name for f in dataclasses.fields(MelSettings)} <= set(vars(demo))

@@ -182,3 +182,37 @@ def fit_fixed_batch(model, opt, batch, cfg, abar, steps: int) -> list[float]:
         opt.step()
         losses.append(logs["loss"])
     return losses
+
+
+def test_positions_in_dits_layout():
+    """Closed form: token (row r, column c) of a row-major grid; the first half of the channels
+    holds [sin | cos](c * omega_k), the second half [sin | cos](r * omega_k)."""
+    dim, h, w = 16, 3, 5
+    pos = sincos_2d(dim, h, w)
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4) / (dim / 4))
+    for r in range(h):
+        for c in range(w):
+            expected = torch.cat(
+                [(c * omega).sin(), (c * omega).cos(), (r * omega).sin(), (r * omega).cos()]
+            )
+            torch.testing.assert_close(pos[r * w + c], expected)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["dit.long=true"], ["autoencoder.frame_channels=1", "dit.frame_tokens=true"]],
+)
+def test_model_built_on_the_meta_device_runs_like_one_built_on_the_cpu(overrides):
+    cfg = load_config("tiny", overrides)
+    torch.manual_seed(0)
+    reference = MultiModalDiT(cfg)
+    for p in reference.parameters():  # non-zero everywhere, so the outputs depend on inputs
+        torch.nn.init.normal_(p, std=0.05)
+    with torch.device("meta"):
+        model = MultiModalDiT(cfg)
+    model.to_empty(device="cpu")
+    model.load_state_dict(reference.state_dict())
+    z_a, z_v = torch.randn(2, *cfg.audio_latent_shape), torch.randn(2, *cfg.video_latent_shape)
+    inputs = DiTInputs(z_a, z_v, torch.tensor([3, 900]), prev_a=z_a, prev_v=z_v)
+    for got, want in zip(model(inputs), reference(inputs), strict=True):
+        torch.testing.assert_close(got, want)

@@ -82,7 +82,7 @@ def test_latent_cache_contents(trained):
     ds = LatentDataset(trained["latents"])
     cfg = load_config("tiny")
     assert len(ds) == 12 and ds.z_a.shape[1:] == cfg.audio_latent_shape
-    # normalised to zero mean and unit variance per channel (DESIGN.md 8.3)
+    # normalised to zero mean and unit variance per channel (docs/design.md §8.3)
     for z in (ds.z_a, ds.z_v):
         assert torch.allclose(z.mean(dim=(0, 2, 3)), torch.zeros(z.shape[1]), atol=1e-4)
         assert torch.allclose(

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmldm.checkpoint import load_checkpoint, resolve_checkpoint
+from mmldm.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
 from mmldm.cli import main
 from mmldm.config import load_config
 from mmldm.data.media import probe, read_media
@@ -217,6 +217,8 @@ def test_train_vae_from_scratch_and_load(synth, tmp_path):
                 "vae.train_decoder_only=false",
                 "--set",
                 "vae.disc_weight=0.1",
+                "--set",
+                "train.checkpoint_every=1",
                 *TINY,
             ]
         )
@@ -224,6 +226,10 @@ def test_train_vae_from_scratch_and_load(synth, tmp_path):
     )
     ckpt = load_checkpoint(run, kind="vae")
     assert ckpt.config.vae.scaling_factor != 0.18215  # calibrated on the data
+    # every checkpoint carries its own encoder's scale, not only the last one
+    (_, first), _ = list_checkpoints(run / "checkpoints")
+    first_scale = load_checkpoint(first, kind="vae").config.vae.scaling_factor
+    assert first_scale != 0.18215 and first_scale != ckpt.config.vae.scaling_factor
     vae = load_vae(load_config("tiny", [f"vae.pretrained={run}"]).vae)
     assert vae.config.scaling_factor == pytest.approx(ckpt.config.vae.scaling_factor)
     # the autoencoder trains on top of it

@@ -41,7 +41,9 @@ from mmldm.config import Config, config_from_dict, config_to_dict
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1"
+# 2: the DiT's 2-D positions in DiT's layout (columns in the first half of the channels);
+# format 1 put the rows there, so a format-1 generator is refused (see load_checkpoint).
+FORMAT_VERSION = "2"
 WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "training_state.pt"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -343,6 +345,14 @@ def load_checkpoint(
     found_kind = meta.get("mmldm.kind", "?")
     if kind is not None and found_kind != kind:
         raise CheckpointError(f"{weights}: is a '{found_kind}' checkpoint, expected '{kind}'")
+    if found_kind == "generator" and meta.get("mmldm.format", "1") == "1":
+        raise CheckpointError(
+            f"{weights}: a generator of checkpoint format 1 (mmldm "
+            f"{meta.get('mmldm.version', '?')}), whose DiT put the rows of its 2-D positions "
+            "where DiT puts the columns; this version uses DiT's layout, so the generator "
+            "would see its tokens transposed. Train it again (train-generator on the same "
+            "latent cache); the autoencoder checkpoints still load."
+        )
     config = config_from_dict(
         json.loads(meta["mmldm.config"]), source=f"config stored in {weights}"
     )

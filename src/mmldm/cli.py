@@ -329,7 +329,6 @@ def cmd_distill_decoder(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     import torch
 
-    from mmldm.audio.mel import MelSettings
     from mmldm.audio.vocoder import load_vocoder
     from mmldm.data.clips import frames_to_tensor_layout
     from mmldm.data.dataset import decode_span
@@ -340,7 +339,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     model, vae, cfg = load_autoencoder(args.autoencoder, device, decoder=args.decoder)
     vocoder = load_vocoder(
         args.vocoder or cfg.vocoder.path,
-        MelSettings.from_config(cfg.data),
+        cfg.data.mel,
         cfg.vocoder.griffin_lim_iters,
     ).to(device)
     frames, audio = decode_span(Path(args.input), cfg.data, args.start, cfg.data.clip_seconds)

@@ -9,7 +9,7 @@ An unknown key, a value of the wrong type or a value outside a field's choices r
 The resolved config is stored in every run folder and inside every checkpoint, so sampling
 needs nothing but the checkpoint.
 
-Defaults are the paper's Landscape settings (DESIGN.md; Sun et al. 2024, sec. 4.1) where the
+Defaults are the paper's Landscape settings (docs/design.md; Sun et al. 2024, sec. 4.1) where the
 paper gives them, and the authors' published configs otherwise.
 """
 
@@ -24,6 +24,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from mmldm.audio.mel import MelSettings
 
 
 class ConfigError(ValueError):
@@ -56,7 +58,7 @@ def _probability(obj: Any, prefix: str, *names: str) -> None:
 
 @dataclass
 class DataConfig:
-    """Clips and signal settings (DESIGN.md section 2)."""
+    """Clips and signal settings (docs/design.md §2)."""
 
     layout: str = "folder"  # folder: class = sub-folder | regex: class from file name | manifest
     class_regex: str | None = None  # layout=regex: pattern with a named group 'label'
@@ -68,13 +70,15 @@ class DataConfig:
     resize: str = "letterbox"  # letterbox (paper) | center_crop
     hflip_prob: float = 0.5  # same flip for every frame of a clip (autoencoder training)
     clip_stride: int = 16  # frames between the starts of consecutive clips of one video
-    sample_rate: int = 22050  # must equal the vocoder's rate (DESIGN.md 8.5)
-    n_fft: int = 1024
-    hop_length: int = 256
-    win_length: int = 1024
-    n_mels: int = 80
-    fmin: float = 0.0
-    fmax: float = 8000.0
+    # The mel settings (defaults: HiFi-GAN's, defined once in MelSettings); they must equal
+    # the vocoder's, so audio is resampled to sample_rate (docs/design.md §8.5)
+    sample_rate: int = MelSettings.sample_rate
+    n_fft: int = MelSettings.n_fft
+    hop_length: int = MelSettings.hop_length
+    win_length: int = MelSettings.win_length
+    n_mels: int = MelSettings.n_mels
+    fmin: float = MelSettings.fmin
+    fmax: float = MelSettings.fmax
     num_workers: int = 4
 
     def __post_init__(self) -> None:
@@ -96,6 +100,13 @@ class DataConfig:
     @property
     def clip_seconds(self) -> float:
         return self.num_frames / self.fps
+
+    @property
+    def mel(self) -> MelSettings:
+        """The STFT / mel settings of the audio, as the mel and the vocoder take them."""
+        return MelSettings(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(MelSettings)}
+        )
 
 
 @dataclass
@@ -137,7 +148,7 @@ class VAEConfig:
 
 @dataclass
 class AutoencoderConfig:
-    """Stage 1: encoders, projectors, heads and loss weights (DESIGN.md section 4)."""
+    """Stage 1: encoders, projectors, heads and loss weights (docs/design.md §4)."""
 
     latent_channels: int = 16  # C of z_v and z_a
     key_frames: list[int] = field(default_factory=lambda: [0, 5, 10, 15])  # frames encoded
@@ -211,16 +222,17 @@ class DecoderConfig:
     layers_per_block: int = 2
     attention_heads: int = 8
     cross_attention_dim: int = 768
+    # learnable modality tokens in the cross-attention context; 0 is the ablation without
+    # modality embeddings (paper Table 5)
     num_modality_tokens: int = 1
     shared: bool = True  # ablation: one decoder for both modalities (paper) or one each
-    modality_embedding: bool = True  # ablation switch
     content_feature: bool = True  # ablation switch: pooled z added to the time embedding
     # The class embedding in the cross-attention context (paper; given by the classification
     # head at generation time). Without it the decoder must take class from its own z and the
     # other modality's semantic feature s: in a2v / v2a that s comes from the given clip, so a
     # misjudged class of a generated pair cannot recolour (or re-pitch) the output.
     class_embedding: bool = True
-    frame_index_scale: float = 1000.0  # DESIGN.md 8.4: index / F in [0, 1) scaled before embedding
+    frame_index_scale: float = 1000.0  # index / F scaled before its sinusoid (docs/design.md §8.4)
 
     def __post_init__(self) -> None:
         _positive(self, "decoder", "layers_per_block", "attention_heads", "cross_attention_dim")
@@ -259,16 +271,21 @@ DIT_SIZES = {
 
 @dataclass
 class DiTConfig:
-    """Stage 2: the multi-modal DiT (DESIGN.md section 5). Published size: DiT-XL/1."""
+    """Stage 2: the multi-modal DiT (docs/design.md §5). Published size: DiT-XL/1."""
 
-    size: str | None = None  # S | B | L | XL: sets hidden_size, depth and num_heads
-    hidden_size: int = 1152
-    depth: int = 28
-    num_heads: int = 16
+    # S | B | L | XL: names hidden_size, depth and num_heads (DIT_SIZES). Of a size and the
+    # dimensions, the later layer (defaults < file < each --set) wins: a size replaces the
+    # dimensions, a dimension unsets the size; one layer giving both must agree. Without a
+    # size, the dimensions not given are DiT-XL's.
+    size: str | None = None
+    hidden_size: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
     mlp_ratio: float = 4.0
     patch_size: int = 1
-    num_context_tokens: int = 0  # published code prepends 77 (text tokens for AudioSet)
-    context_drop_prob: float = 0.1
+    # Learned constant tokens in front of the sequence (the published configs prepend 77;
+    # its AudioSet variant puts text tokens there). Constants, not a condition: nothing to drop.
+    num_context_tokens: int = 0
     a2v_prob: float = 0.05  # share of training samples given z_a (audio-to-video)
     v2a_prob: float = 0.05  # share given z_v (video-to-audio); exclusive with a2v
     class_conditional: bool = False  # our extension: a label embedding with its own dropout
@@ -284,9 +301,17 @@ class DiTConfig:
     def __post_init__(self) -> None:
         if self.size is not None:
             _choice(self.size, tuple(DIT_SIZES), "dit.size")
-            self.hidden_size, self.depth, self.num_heads = DIT_SIZES[self.size]
+        named = DIT_SIZES[self.size or "XL"]
+        for key, value in zip(DIT_DIMENSIONS, named, strict=True):
+            given = getattr(self, key)
+            if self.size is not None and given is not None and given != value:
+                raise ConfigError(
+                    f"config key 'dit.{key}' ({given}) contradicts dit.size={self.size} "
+                    f"({key} {value}): give a size or the dimensions"
+                )
+            setattr(self, key, value if given is None else given)
         _positive(self, "dit", "hidden_size", "depth", "num_heads", "mlp_ratio", "patch_size")
-        _probability(self, "dit", "context_drop_prob", "a2v_prob", "v2a_prob", "class_drop_prob")
+        _probability(self, "dit", "a2v_prob", "v2a_prob", "class_drop_prob")
         _probability(self, "dit", "prev_video_drop_prob", "prev_audio_drop_prob")
         if self.hidden_size % self.num_heads:
             raise ConfigError(
@@ -498,7 +523,7 @@ class Config:
                 "(VAE factor x the encoders' downsampling)"
             )
 
-    # Shapes derived from the config (DESIGN.md section 1).
+    # Shapes derived from the config (docs/design.md §1).
     @property
     def vae_latent_size(self) -> int:
         return self.data.resolution // self.vae.downsample
@@ -527,6 +552,26 @@ class Config:
 # --------------------------------------------------------------------------------------------
 
 
+# Keys that older versions had: a config that sets one gets this reason; a config stored in an
+# older checkpoint is migrated by _migrate.
+RETIRED_KEYS = {
+    "dit.context_drop_prob": "it was never used (the context tokens are learned constants, "
+    "not a condition that could be dropped)",
+    "decoder.modality_embedding": "use decoder.num_modality_tokens: 0 for the ablation "
+    "without modality embeddings",
+}
+
+
+def _migrate(values: dict[str, Any]) -> dict[str, Any]:
+    """A stored config of an older version with its retired keys translated or dropped."""
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    decoder, dit = values.get("decoder", {}), values.get("dit", {})
+    if decoder.pop("modality_embedding", True) is False:
+        decoder["num_modality_tokens"] = 0
+    dit.pop("context_drop_prob", None)
+    return values
+
+
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
     keys = []
     if dataclasses.is_dataclass(node):
@@ -541,6 +586,8 @@ def _translate(err: OmegaConfBaseException, source: str, key: str | None = None)
     """Turn an OmegaConf error into one line that names the dotted key and the source."""
     key = getattr(err, "full_key", None) or key or "?"
     if isinstance(err, ConfigKeyError):
+        if key in RETIRED_KEYS:
+            return ConfigError(f"config key '{key}' in {source} was removed: {RETIRED_KEYS[key]}")
         hint = difflib.get_close_matches(key, _all_keys(Config()), n=1)
         suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
         return ConfigError(f"unknown config key '{key}' in {source}{suggestion}")
@@ -550,7 +597,18 @@ def _translate(err: OmegaConfBaseException, source: str, key: str | None = None)
     return ConfigError(f"{source}: {str(err).splitlines()[0]}")
 
 
+DIT_DIMENSIONS = ("hidden_size", "depth", "num_heads")
+
+
 def _merge(base: DictConfig, update: Any, source: str, key: str | None = None) -> DictConfig:
+    dit = update.get("dit") if isinstance(update, DictConfig) else None
+    if isinstance(dit, DictConfig):  # the later layer's word on the DiT's size wins
+        base = base.copy()
+        if dit.get("size") is not None:  # a size: the dimensions it names (or agreeing ones)
+            for name in DIT_DIMENSIONS:
+                base.dit[name] = None
+        elif any(name in dit for name in DIT_DIMENSIONS):  # dimensions: no longer that size
+            base.dit.size = None
     try:
         return OmegaConf.merge(base, update)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
@@ -564,6 +622,15 @@ def _to_object(node: DictConfig, source: str) -> Config:
         raise ConfigError(f"{err} ({source})") from None
     except OmegaConfBaseException as err:
         raise _translate(err, source) from None
+
+
+def _defaults() -> DictConfig:
+    """The dataclass defaults as a node, with the DiT's dimensions unset: ``dit.size`` fills
+    them, so that a size and explicit dimensions from a file or ``--set`` can be told apart."""
+    node = OmegaConf.structured(Config)
+    for key in DIT_DIMENSIONS:
+        node.dit[key] = None
+    return node
 
 
 def preset_dir() -> Path:
@@ -604,7 +671,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 
 def load_config(config: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Build a validated :class:`Config` from a preset name or YAML file plus dotted overrides."""
-    node = OmegaConf.structured(Config)
+    node = _defaults()
     source = "defaults"
     if config is not None:
         path = resolve_config_path(str(config))
@@ -641,8 +708,10 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def config_from_dict(values: dict[str, Any], source: str = "a stored config") -> Config:
-    """Strictly rebuild a Config from plain values (e.g. the copy stored in a checkpoint)."""
-    node = _merge(OmegaConf.structured(Config), OmegaConf.create(values), source)
+    """Strictly rebuild a Config from plain values (e.g. the copy stored in a checkpoint);
+    keys of older versions (RETIRED_KEYS) are translated."""
+    values = _migrate(values)
+    node = _merge(_defaults(), OmegaConf.create(values), source)
     return _to_object(node, source)
 
 

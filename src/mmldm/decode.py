@@ -1,5 +1,5 @@
 """Latents <-> signals with a trained autoencoder: encode clips to (z_a, z_v), decode them back
-to frames, audio image, mel and waveform (DESIGN.md 4, "Decoding latents to signals").
+to frames, audio image, mel and waveform (docs/design.md §4, "Decoding latents to signals").
 
 Decoding runs the signal decoder's diffusion for all F frames and the audio image as ONE batch
 (frame indices t / F), with classifier-free guidance per modality (2.5 in the paper), then the
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mmldm.audio.mel import MelSettings, audio_image_to_mel
+from mmldm.audio.mel import audio_image_to_mel
 from mmldm.audio.vocoder import Vocoder
 from mmldm.checkpoint import CheckpointError, load_checkpoint, load_weights
 from mmldm.config import Config
@@ -316,7 +316,7 @@ def decode_latents(
     x0 = run_decoder_sampler(eps_fn, x_T, cfg, sampler, steps, generator=generator, desc=desc)
     images = torch.cat([vae_decode(vae, chunk) for chunk in x0.split(vae_batch)]).clamp(-1, 1)
     audio_image, frames = images[:b], images[b:].unflatten(0, (b, f))
-    settings = MelSettings.from_config(cfg.data)
+    settings = cfg.data.mel
     n = int(round(cfg.data.clip_seconds * cfg.data.sample_rate))
     mel = audio_image_to_mel(audio_image.float(), settings.n_mels, settings.num_frames(n))
     wave = vocoder(mel)

@@ -1,5 +1,5 @@
 """``mmldm evaluate``: FVD, KVD, FAD and the synthetic-benchmark scores of generated sounding
-videos against real ones (protocol: DESIGN.md section 6).
+videos against real ones (protocol: docs/design.md §6).
 
 Inputs:
 

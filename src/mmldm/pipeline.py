@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from mmldm.audio.mel import MelSettings
 from mmldm.audio.vocoder import load_vocoder
 from mmldm.checkpoint import CheckpointError, load_checkpoint, load_weights
 from mmldm.config import Config
@@ -113,7 +112,7 @@ class MMLDMPipeline:
         model, vae, ae_cfg = load_autoencoder(autoencoder, device, dtype, decoder=decoder)
         voc = load_vocoder(
             vocoder or ae_cfg.vocoder.path,
-            MelSettings.from_config(ae_cfg.data),
+            ae_cfg.data.mel,
             ae_cfg.vocoder.griffin_lim_iters,
         ).to(device)
         dit.to(device).eval().requires_grad_(False)

@@ -1,6 +1,6 @@
 """Mel spectrograms exactly as HiFi-GAN computes them, and the audio image of MM-LDM.
 
-HiFi-GAN's ``mel_spectrogram`` (DESIGN.md section 2):
+HiFi-GAN's ``mel_spectrogram`` (docs/design.md §2):
     reflect-pad (n_fft - hop) / 2 on each side, STFT without centring (Hann window),
     magnitude sqrt(re^2 + im^2 + 1e-9), Slaney mel filterbank, log(clamp(x, 1e-5)).
 
@@ -26,7 +26,10 @@ DB_REF, DB_RANGE = 20.0, 100.0  # normalised = (dB - DB_REF + DB_RANGE) / DB_RAN
 
 @dataclass(frozen=True)
 class MelSettings:
-    """The STFT / mel parameters; must equal the vocoder's (HiFi-GAN's config.json)."""
+    """The STFT / mel parameters; must equal the vocoder's (HiFi-GAN's config.json).
+
+    The defaults are HiFi-GAN's and the paper presets'; ``DataConfig`` takes its defaults from
+    here and gives its values back as ``cfg.data.mel``."""
 
     sample_rate: int = 22050
     n_fft: int = 1024
@@ -35,18 +38,6 @@ class MelSettings:
     n_mels: int = 80
     fmin: float = 0.0
     fmax: float = 8000.0
-
-    @classmethod
-    def from_config(cls, data) -> MelSettings:  # data: mmldm.config.DataConfig
-        return cls(
-            sample_rate=data.sample_rate,
-            n_fft=data.n_fft,
-            hop_length=data.hop_length,
-            win_length=data.win_length,
-            n_mels=data.n_mels,
-            fmin=data.fmin,
-            fmax=data.fmax,
-        )
 
     def num_frames(self, num_samples: int) -> int:
         """Mel frames of a waveform of ``num_samples`` (HiFi-GAN padding, no centring)."""
@@ -204,7 +195,7 @@ def mel_to_audio_image(log_mel: torch.Tensor, size: int, quantize: bool = False)
 def audio_image(wave: torch.Tensor, data) -> torch.Tensor:
     """Waveform ``[B, N]`` in [-1, 1] -> audio image ``[B, 3, S, S]`` in [-1, 1] with the mel and
     image settings of ``data`` (a :class:`mmldm.config.DataConfig`); float32."""
-    mel = mel_spectrogram(wave.float(), MelSettings.from_config(data))
+    mel = mel_spectrogram(wave.float(), data.mel)
     return mel_to_audio_image(mel, data.resolution)
 
 

@@ -163,6 +163,6 @@ def load_vocoder_from_config(cfg: Config) -> Vocoder:
     """:func:`load_vocoder` with ``cfg.vocoder.path`` and the mel settings of ``cfg.data``."""
     return load_vocoder(
         cfg.vocoder.path,
-        MelSettings.from_config(cfg.data),
+        cfg.data.mel,
         griffin_lim_iters=cfg.vocoder.griffin_lim_iters,
     )

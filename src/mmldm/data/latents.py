@@ -7,7 +7,7 @@ Layout::
         meta.json                       the autoencoder's fingerprint, shapes, clip settings
         shard_00000.safetensors ...     z_a [n, C, h_a, w_a], z_v [n, C, h_v, w_v], label [n],
                                         index [n] (clip number); metadata: source paths, starts
-        stats.json                      per-channel mean / std of z_a and z_v (DESIGN.md 8.3)
+        stats.json                      per-channel mean / std of z_a and z_v (docs/design.md §8.3)
 
 Shard k holds clips [k * shard_size, (k + 1) * shard_size) of the dataset's clip list; process r
 of w writes the shards with k % w == r. A shard is written atomically, so a killed run resumes
@@ -132,7 +132,7 @@ def finalize_stats(out: Path) -> dict:
 
 @dataclass
 class LatentStats:
-    """Normalisation of latents to zero mean, unit variance per channel (DESIGN.md 8.3)."""
+    """Normalisation of latents to zero mean, unit variance per channel (docs/design.md §8.3)."""
 
     a_mean: torch.Tensor  # [C]
     a_std: torch.Tensor

@@ -19,7 +19,7 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def guided(eps_cond: torch.Tensor, eps_null: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance, the paper's eq. 9 read as in DESIGN.md 8.6:
+    """Classifier-free guidance, the paper's eq. 9 read as in docs/design.md §8.6:
     eps = phi * eps(cond) - (phi - 1) * eps(null); phi = 1 is the plain conditional model."""
     return eps_null + scale * (eps_cond - eps_null)
 

@@ -1,6 +1,6 @@
-"""The noise schedule (DESIGN.md 1; paper eq. 4-6) and the diffusers schedulers built on it.
+"""The noise schedule (docs/design.md §1; paper eq. 4-6) and the diffusers schedulers built on it.
 
-Forward process, as DDPM and the published code (not the paper's eq. 6 typo, DESIGN.md 8.6):
+Forward process, as DDPM and the published code (not the paper's eq. 6 typo, docs/design.md §8.6):
     x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * eps
 The networks predict eps (the paper) or, with ``diffusion.prediction_type = v_prediction``,
     v = sqrt(alpha_bar_t) * eps - sqrt(1 - alpha_bar_t) * x_0      (Salimans & Ho 2022)

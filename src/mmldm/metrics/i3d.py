@@ -1,6 +1,6 @@
 """I3D (Inception-v1 inflated to 3-D, Kinetics-400) for FVD and KVD, from local weights.
 
-Two weight files are accepted (DESIGN.md section 6); :func:`load_i3d` tells them apart:
+Two weight files are accepted (docs/design.md §6); :func:`load_i3d` tells them apart:
 
 * ``i3d_pretrained_400.pt`` (VideoGPT / TATS / MM-Diffusion): a state dict of the
   ``InceptionI3d`` class of the piergiaj/pytorch-i3d port, converted from the TF-Hub
@@ -17,7 +17,7 @@ TorchScript archives carry TorchScript code (their ``code/`` folder), which ``to
 compiles; a state-dict file is read with ``torch.load(weights_only=True)``, which never runs
 pickled Python code.
 
-Preprocessing (:class:`I3DFeatureExtractor`), following DESIGN.md section 6 and the
+Preprocessing (:class:`I3DFeatureExtractor`), following docs/design.md §6 and the
 VideoGPT / MM-Diffusion code:
 
 1. frames ``[B, T, 3, H, W]`` in [-1, 1] are first resized to ``resolution`` x ``resolution``

@@ -1,4 +1,4 @@
-"""Stage 1: the hierarchical multi-modal autoencoder (paper sec. 3.1, DESIGN.md section 4).
+"""Stage 1: the hierarchical multi-modal autoencoder (paper sec. 3.1, docs/design.md §4).
 
 Inputs are Stable-Diffusion-VAE latents (``R = resolution / 8``; 32 in the paper):
     key frames ``[B, K, 4, R, R]`` (K = 4: frames 0, 5, 10, 15), audio image ``[B, 4, R, R]``.

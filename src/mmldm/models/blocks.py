@@ -122,7 +122,8 @@ def per_slot(module: nn.Module, x: torch.Tensor, *args: torch.Tensor) -> torch.T
 
 def zero_module(module: nn.Module) -> nn.Module:
     """Zero a layer's parameters (used only on the LAST layer of a conditioning path, so that
-    it starts as a no-op and still passes gradients to everything before it; DESIGN.md 8.1)."""
+    it starts as a no-op and still passes gradients to everything before it;
+    docs/design.md §8.1)."""
     for p in module.parameters():
         nn.init.zeros_(p)
     return module

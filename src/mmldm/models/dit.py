@@ -1,4 +1,4 @@
-"""Stage 2: the multi-modal DiT (paper sec. 3.2-3.3, DESIGN.md section 5).
+"""Stage 2: the multi-modal DiT (paper sec. 3.2-3.3, docs/design.md §5).
 
 Token sequence (patch size 1 in the paper)::
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -32,19 +31,24 @@ from mmldm.config import Config
 from mmldm.models.blocks import sinusoidal_embedding
 
 
-def sincos_2d(dim: int, height: int, width: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos positions ``[height * width, dim]`` (MAE / DiT), rows first."""
-    ys, xs = np.meshgrid(
-        np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij"
+def sincos_2d(
+    dim: int, height: int, width: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Fixed 2-D sin-cos positions ``[height * width, dim]`` of a row-major grid of tokens, in
+    DiT's and MAE's layout: the first half of the channels encodes the column (x), the second
+    half the row (y), each as [sin | cos] of position x 1 / 10000^(2k / (dim / 2))."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device, dtype=torch.float32),
+        torch.arange(width, device=device, dtype=torch.float32),
+        indexing="ij",
     )
 
-    def one_axis(pos: np.ndarray, d: int) -> np.ndarray:
-        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2))
-        out = pos.reshape(-1)[:, None] * omega[None]
-        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+    def one_axis(pos: torch.Tensor, d: int) -> torch.Tensor:
+        omega = 1.0 / 10000 ** (torch.arange(d // 2, device=device, dtype=torch.float32) / (d / 2))
+        out = pos.reshape(-1)[:, None] * omega[None]  # [L, d / 2]
+        return torch.cat([out.sin(), out.cos()], dim=1)
 
-    emb = np.concatenate([one_axis(ys, dim // 2), one_axis(xs, dim // 2)], axis=1)
-    return torch.from_numpy(emb).float()
+    return torch.cat([one_axis(xs, dim // 2), one_axis(ys, dim // 2)], dim=1)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -127,14 +131,13 @@ class ModalityTokens(nn.Module):
         # zero-initialised (sec. 3.3) and without bias, so that a zero condition adds exactly
         # nothing: the unconditional model is the conditional one with zeros
         self.cond = nn.Linear(self.channels * patch * patch, dim, bias=False)
-        self.register_buffer("pos", sincos_2d(dim, grid, grid)[None], persistent=False)
+        self.dim, self.grid = dim, grid
         self.modality = nn.Parameter(torch.zeros(1, 1, dim))
         if self.num_frames:
             values = frame_channels * size * size
             self.frame_embed = nn.Linear(values, dim)
             self.frame_cond = nn.Linear(values, dim, bias=False)
-            times = torch.tensor(frame_times, dtype=torch.float32)
-            self.register_buffer("frame_pos", sinusoidal_embedding(times, dim)[None], False)
+            self.frame_times = tuple(frame_times)
 
     def patchify(self, z: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> spatial patches ``[B, L, p*p*C']`` of the first C' channels."""
@@ -155,12 +158,17 @@ class ModalityTokens(nn.Module):
         return torch.cat([z, groups], dim=1)
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.embed(self.patchify(z)) + self.pos + self.modality
+        # Fixed positions are computed here, on z's device, rather than kept as buffers: a model
+        # built on the meta device (or moved with to_empty) has no values in its buffers.
+        pos = sincos_2d(self.dim, self.grid, self.grid, z.device).to(z.dtype)
+        x = self.embed(self.patchify(z)) + pos + self.modality
         if cond is not None:
             x = x + self.cond(self.patchify(cond))
         if not self.num_frames:
             return x
-        f = self.frame_embed(self.frames(z)) + self.frame_pos + self.modality
+        times = torch.tensor(self.frame_times, device=z.device, dtype=torch.float32)
+        frame_pos = sinusoidal_embedding(times, self.dim).to(z.dtype)  # [K, dim]
+        f = self.frame_embed(self.frames(z)) + frame_pos + self.modality
         if cond is not None:
             f = f + self.frame_cond(self.frames(cond))
         return torch.cat([x, f], dim=1)

@@ -1,4 +1,4 @@
-"""Modality encoders (perceptual latents z) and projectors (semantic features s), DESIGN.md 4.
+"""Modality encoders (perceptual latents z) and projectors (semantic features s), docs/design.md §4.
 
 Video: VAE latents of the key frames ``[B, K, 4, h, w]`` + a learnable content slot ->
 3-D conv stem -> levels of (ResBlock, spatial attention, temporal attention), one 2x downsample

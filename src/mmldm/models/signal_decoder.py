@@ -1,4 +1,4 @@
-"""The shared diffusion signal decoder (DESIGN.md sections 1 and 4).
+"""The shared diffusion signal decoder (docs/design.md §1 and §4).
 
 One Stable Diffusion 1.x UNet (diffusers ``UNet2DConditionModel``) predicts the noise of VAE
 latents ``[N, 4, R, R]`` of a video frame or of the audio image, conditioned on its modality's
@@ -10,7 +10,7 @@ perceptual latent z and the other modality's semantic feature s:
   so Stable Diffusion's UNet weights load unchanged);
 - cross-attention reads [modality tokens | class embedding | 4 semantic tokens of the other
   modality]. The last layer of every conditioning MLP is zero-initialised, the first is not
-  (DESIGN.md 8.1: zeroing both would leave them unable to learn anything but a constant).
+  (docs/design.md §8.1: zeroing both would leave them unable to learn anything but a constant).
 
 A per-sample ``keep`` mask zeroes all of these inputs: the decoder learns the null condition that
 classifier-free guidance needs (condition dropout, p = 0.1 while training).
@@ -131,8 +131,8 @@ class ConditionBranch(nn.Module):
         self.frame_index_scale = d.frame_index_scale
         self.frame_channels = ae.frame_channels if frame_aware else 0
         self.num_groups = len(ae.key_frames)
-        keys = torch.tensor(ae.key_frames, dtype=torch.float32) / cfg.data.num_frames
-        self.register_buffer("key_positions", keys, persistent=False)  # in units of index / F
+        # key frames in units of index / F; a tuple, not a buffer: see key_positions()
+        self.key_fractions = tuple(k / cfg.data.num_frames for k in ae.key_frames)
         widths = [max(8, c // 2) for c in d.block_out_channels]  # a half-width encoder per scale
         emb_dim = 4 * widths[0] if frame_aware else None
         self.index_embed = (
@@ -168,7 +168,7 @@ class ConditionBranch(nn.Module):
             else None
         )
         dim = d.cross_attention_dim
-        n_tokens = d.num_modality_tokens if d.modality_embedding else 0
+        n_tokens = d.num_modality_tokens
         self.tokens = nn.Parameter(torch.randn(n_tokens, dim) * 0.02)
         self.semantic = nn.Sequential(
             nn.Linear(ae.semantic_dim, dim), nn.SiLU(), zero_module(nn.Linear(dim, dim))
@@ -195,12 +195,13 @@ class ConditionBranch(nn.Module):
         emb = None
         if self.index_embed is not None:
             assert frame_index is not None, "the video branch needs frame indices"
-            # DESIGN.md 8.4: index / F is in [0, 1); scaled so that neighbours differ.
+            # docs/design.md §8.4: index / F is in [0, 1); scaled so that neighbours differ.
             sin = sinusoidal_embedding(frame_index * self.frame_index_scale, self.stem.out_channels)
             emb = self.index_embed(sin.to(z.dtype))
         z_in = z
         if self.frame_channels:  # z's last K*N channels -> [N, K, N, h, w] -> frame i's group
-            w = key_frame_weights(frame_index.to(self.key_positions), self.key_positions)
+            keys = torch.tensor(self.key_fractions, device=z.device, dtype=torch.float32)
+            w = key_frame_weights(frame_index.to(keys), keys)
             n = self.num_groups * self.frame_channels
             groups = z[:, z.shape[1] - n :].unflatten(1, (self.num_groups, self.frame_channels))
             z_in = torch.cat([z, torch.einsum("nk,nkchw->nchw", w.to(z.dtype), groups)], dim=1)

@@ -6,8 +6,8 @@ L_mse is the signal decoder's eps-prediction error (v-prediction error with
 ``diffusion.prediction_type = v_prediction``) on ``autoencoder.target_frames`` frames per clip
 (2 in the paper) and on the audio image, with independent timesteps per modality. The
 adversarial term judges VAE-decoded one-step x_0 estimates WITH their gradient path to the
-decoder (DESIGN.md 8.2: the published code decoded them under no-grad, so its GAN never reached
-the decoder).
+decoder (docs/design.md §8.2: the published code decoded them under no-grad, so its GAN
+never reached the decoder).
 """
 
 from __future__ import annotations

@@ -328,7 +328,13 @@ class TrainingLoop:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def saves_next(self) -> bool:
+        """True when the step in progress (ended by the next ``end_step``) writes a checkpoint."""
+        step = self.step + 1
+        return step % self.cfg.train.checkpoint_every == 0 or step == self.total
+
     def end_step(self, logs: dict[str, float]) -> None:
+        save = self.saves_next()
         self.step += 1
         self.bar.update(1)
         if self.step % self.cfg.train.log_every == 0 or self.step == self.total:
@@ -344,7 +350,7 @@ class TrainingLoop:
                     logs["loss"],
                     self.clock.eta(self.step),
                 )
-        if self.step % self.cfg.train.checkpoint_every == 0 or self.step == self.total:
+        if save:
             self.last = save_training_checkpoint(
                 self.accelerator,
                 self.run,

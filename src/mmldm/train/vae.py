@@ -136,7 +136,8 @@ def train_vae(
                 d_loss = hinge_d_loss(disc(images), disc(recon.detach()))
                 loop.backward_step(d_loss, disc, disc_opt, clip=False)
             logs["loss_gan_d"] = d_loss.item()
-        if loop.step + 1 == loop.total and not cfg.vae.train_decoder_only:
+        if loop.saves_next() and not cfg.vae.train_decoder_only:
+            # every checkpoint carries the latent scale of its own encoder
             loop.cfg = calibrated_scaling(cfg, accelerator.unwrap_model(objective).vae, images)
         loop.end_step(logs)
     return loop.close()
