@@ -314,17 +314,20 @@ def random_pipeline(
 
     from mmldm.audio.hifigan import HiFiGANConfig, HiFiGANGenerator
     from mmldm.audio.vocoder import Vocoder, check_settings, load_vocoder
+    from mmldm.codec import Codec, build_vae
     from mmldm.data.latents import LatentStats
     from mmldm.models.autoencoder import MultiModalAutoencoder
     from mmldm.models.dit import MultiModalDiT
-    from mmldm.models.vae import build_vae
+    from mmldm.networks import autoencoder_config, dit_config
     from mmldm.pipeline import MMLDMPipeline
 
     device = torch.device(device)
     with torch.device(device):
         vae = build_vae(cfg.vae).to(device).eval().requires_grad_(False)
-        model = MultiModalAutoencoder(cfg).to(device).eval().requires_grad_(False)
-        dit = MultiModalDiT(cfg).to(device).eval().requires_grad_(False)
+        model = (
+            MultiModalAutoencoder(autoencoder_config(cfg)).to(device).eval().requires_grad_(False)
+        )
+        dit = MultiModalDiT(dit_config(cfg)).to(device).eval().requires_grad_(False)
     c_a, c_v = cfg.audio_latent_shape[0], cfg.video_latent_shape[0]
     stats = LatentStats(torch.zeros(c_a), torch.ones(c_a), torch.zeros(c_v), torch.ones(c_v))
     settings = cfg.data.mel
@@ -342,4 +345,4 @@ def random_pipeline(
         note = f"Griffin-Lim, {cfg.vocoder.griffin_lim_iters} iterations"
     else:
         raise ValueError(f"unknown vocoder {vocoder!r} (hifigan | griffin-lim)")
-    return MMLDMPipeline(dit, stats, model, vae, voc, cfg), note
+    return MMLDMPipeline(dit, stats, Codec(cfg, model, vae, vocoder=voc), cfg), note

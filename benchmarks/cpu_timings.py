@@ -48,13 +48,13 @@ from common import (
     write_json,
 )
 
+from mmldm.codec import build_vae, vae_inputs
 from mmldm.config import Config, load_config
-from mmldm.decode import with_decoder_sampling
 from mmldm.diffusion.schedule import alphas_cumprod
-from mmldm.models.autoencoder import MultiModalAutoencoder, vae_inputs
+from mmldm.models.autoencoder import MultiModalAutoencoder
 from mmldm.models.discriminator import TripletDiscriminator
 from mmldm.models.dit import DiTInputs, MultiModalDiT
-from mmldm.models.vae import build_vae
+from mmldm.networks import autoencoder_config, discriminator_config, dit_config
 from mmldm.train.autoencoder import autoencoder_loss, discriminator_loss
 from mmldm.train.common import ema_update, make_optimizer
 from mmldm.train.generator import generator_loss
@@ -112,7 +112,7 @@ def latent_batch(cfg: Config, b: int) -> dict[str, torch.Tensor]:
 def dit_train_step(cfg: Config, b: int) -> tuple[Callable[[], None], int]:
     """One generator training step as ``train_generator`` runs it (without accelerate)."""
     stage = cfg.train.generator
-    model = MultiModalDiT(cfg).train()
+    model = MultiModalDiT(dit_config(cfg)).train()
     ema = copy.deepcopy(model).requires_grad_(False) if stage.ema_decay > 0 else None
     opt = make_optimizer(model.parameters(), stage)
     abar = alphas_cumprod(cfg.diffusion)
@@ -135,7 +135,7 @@ def dit_sample_step(
     cfg: Config, b: int, guided: bool, model: MultiModalDiT | None = None
 ) -> tuple[Callable[[], None], int]:
     """One sampler call of the DiT: the conditional forward, and the null one when guided."""
-    model = (model or MultiModalDiT(cfg)).eval()
+    model = (model or MultiModalDiT(dit_config(cfg))).eval()
     z_a = torch.randn(b, *cfg.audio_latent_shape)
     z_v = torch.randn(b, *cfg.video_latent_shape)
     t = torch.full((b,), 500, dtype=torch.long)
@@ -164,9 +164,11 @@ def autoencoder_train_step(cfg: Config, b: int) -> tuple[Callable[[], None], int
     """One autoencoder step as ``train_autoencoder`` runs it (GAN on from step 0)."""
     stage = cfg.train.autoencoder
     vae = build_vae(cfg.vae).eval().requires_grad_(False)
-    model = MultiModalAutoencoder(cfg).train()
+    model = MultiModalAutoencoder(autoencoder_config(cfg)).train()
     opt = make_optimizer(model.parameters(), stage)
-    disc = TripletDiscriminator(cfg.discriminator) if cfg.autoencoder.gan_weight > 0 else None
+    disc = (
+        TripletDiscriminator(discriminator_config(cfg)) if cfg.autoencoder.gan_weight > 0 else None
+    )
     disc_opt = make_optimizer(disc.parameters(), stage) if disc is not None else None
     video, audio, labels = clips(cfg, b)
 
@@ -215,7 +217,7 @@ def decoder_conditions(model: MultiModalAutoencoder, cfg: Config, b: int):
 
 def decoder_sample_step(cfg: Config, b: int) -> tuple[Callable[[], None], int]:
     """One guided signal-decoder step on ``b`` videos: 2 passes over b x (F + 1) latents."""
-    model = MultiModalAutoencoder(cfg).eval()
+    model = MultiModalAutoencoder(autoencoder_config(cfg)).eval()
     dec, f, r = model.decoder, cfg.data.num_frames, cfg.vae_latent_size
     (ca, cv), (na, nv) = decoder_conditions(model, cfg, b)
     c = cfg.vae.latent_channels
@@ -312,7 +314,7 @@ def dit_s_section(results: list[Result], repeats: int) -> None:
             repeats,
             "loss+backward+clip+AdamW+EMA",
         )
-    model = MultiModalDiT(cfg)
+    model = MultiModalDiT(dit_config(cfg))
     run_timed(
         results,
         sec,
@@ -339,7 +341,7 @@ def paper_decoder_section(results: list[Result], repeats: int) -> None:
     sec = "paper decoder"
     name = "signal decoder UNet forward"
     start = time.perf_counter()
-    model = MultiModalAutoencoder(cfg).eval()
+    model = MultiModalAutoencoder(autoencoder_config(cfg)).eval()
     build_s = time.perf_counter() - start
     dec, r = model.decoder, cfg.vae_latent_size
     with torch.no_grad():  # the condition of one frame (index 5 of 16) of one video
@@ -390,8 +392,10 @@ def demo_vocoder(results: list[Result], kind: str, repeats: int) -> None:
         results.append(Result(sec, f"generate('svg'), {kind}", 1, None, f"skipped: {err}"))
         return
     sc, data = cfg.sample, cfg.data
-    voc_params = count_params(pipe.vocoder.generator) if pipe.vocoder.generator else None
-    all_params = count_params(pipe.dit, pipe.autoencoder, pipe.vae) + (voc_params or 0)
+    codec = pipe.codec
+    voc = codec.get_vocoder()
+    voc_params = count_params(voc.generator) if voc.generator else None
+    all_params = count_params(pipe.dit, codec.autoencoder, codec.vae) + (voc_params or 0)
     steps = f"{sc.steps} {sc.sampler.upper()} + {sc.decoder_steps} decoder steps"
 
     def generate() -> None:
@@ -429,28 +433,27 @@ def demo_vocoder(results: list[Result], kind: str, repeats: int) -> None:
             sec,
             "  decode (decoder + VAE + vocoder)",
             1,
-            lambda: (decode, count_params(pipe.autoencoder, pipe.vae)),
+            lambda: (decode, count_params(codec.autoencoder, codec.vae)),
             repeats,
             f"{sc.decoder_steps} decoder steps, guided",
         )
-        guided_cfg = pipe.autoencoder.cfg
-        pipe.autoencoder.cfg = with_decoder_sampling(guided_cfg, "few_step", 4, 1.0, 1.0)
+        pipe.codec = codec.with_decoding("few_step", 4, 1.0, 1.0)
         run_timed(
             results,
             sec,
             "  decode, distilled few-step decoder",
             1,
-            lambda: (decode, count_params(pipe.autoencoder, pipe.vae)),
+            lambda: (decode, count_params(codec.autoencoder, codec.vae)),
             repeats,
             "4 unguided decoder passes (mmldm distill-decoder)",
         )
-        pipe.autoencoder.cfg = guided_cfg
+        pipe.codec = codec
     settings = data.mel
     frames = settings.num_frames(int(round(data.clip_seconds * data.sample_rate)))
     mel = torch.randn(1, data.n_mels, frames)
 
     def vocode() -> None:
-        pipe.vocoder(mel)
+        voc(mel)
 
     run_timed(
         results,

@@ -31,7 +31,6 @@ from common import RESULTS_DIR, format_table, machine_info, write_json
 
 from mmldm.audio.mel import mel_spectrogram
 from mmldm.data.media import read_media
-from mmldm.decode import with_decoder_sampling
 from mmldm.demo import NUM_TEST_CLIPS, SCORED_TASKS, evaluate_demo, make_samples
 from mmldm.pipeline import MMLDMPipeline
 
@@ -83,7 +82,7 @@ def run_setting(demo: Path, name: str, pipe: MMLDMPipeline) -> dict:
     data_dir, test_dir = demo / "data" / "train", demo / "data" / "test"
     t0 = time.perf_counter()
     seconds = make_samples(demo, test_dir, pipe=pipe, dest=folder / "samples", tasks=SCORED_TASKS)
-    cfg = pipe.autoencoder.cfg
+    cfg = pipe.codec.cfg
     metrics = evaluate_demo(demo, cfg, data_dir, test_dir, samples=folder / "samples")
     metrics["round_trip"] = round_trip(folder / "samples", cfg)
     sc = cfg.sample
@@ -135,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     if args.teacher:
         pipe = MMLDMPipeline.from_pretrained(**load)  # once: each setting only changes the config
-        own = pipe.autoencoder.cfg
+        own = pipe.codec
         for name in args.teacher:
             sampler, steps, guidance = TEACHER_SETTINGS[name]
-            pipe.autoencoder.cfg = with_decoder_sampling(own, sampler, steps, guidance, guidance)
+            pipe.codec = own.with_decoding(sampler, steps, guidance, guidance)
             results[name] = run_setting(demo, name, pipe)
     for run in args.distilled:
         for tiny in [None, args.vae_decoder] if args.vae_decoder else [None]:

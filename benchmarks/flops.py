@@ -51,12 +51,14 @@ from common import (
 )
 
 from mmldm.audio.hifigan import HiFiGANConfig, HiFiGANGenerator
+from mmldm.codec import build_vae
 from mmldm.config import DIT_SIZES, Config, load_config
 from mmldm.models.autoencoder import MultiModalAutoencoder
 from mmldm.models.dit import DiTInputs, MultiModalDiT
-from mmldm.models.vae import TinyVAEDecoder, build_vae
+from mmldm.models.vae import TinyVAEDecoder
 from mmldm.models.vae import decode as vae_decode
 from mmldm.models.vae import encode as vae_encode
+from mmldm.networks import autoencoder_config, dit_config, tiny_vae_decoder_config
 
 log = logging.getLogger("flops")
 
@@ -134,7 +136,7 @@ def dit_builder(cfg: Config, batch: int = 1) -> Builder:
     """One DiT forward as the svg sampler calls it (zero conditions, no labels)."""
 
     def build(device: torch.device):
-        dit = to_device(MultiModalDiT(cfg), device).eval()
+        dit = to_device(MultiModalDiT(dit_config(cfg)), device).eval()
         z_a = torch.randn(batch, *cfg.audio_latent_shape)
         z_v = torch.randn(batch, *cfg.video_latent_shape)
         inp = DiTInputs(
@@ -152,7 +154,7 @@ def dit_builder(cfg: Config, batch: int = 1) -> Builder:
 def dit_train_flops(cfg: Config) -> FlopCount:
     """Forward + backward of the DiT at batch 1 (what one training clip costs), on meta."""
     with torch.device(META):
-        dit = to_device(MultiModalDiT(cfg), META)
+        dit = to_device(MultiModalDiT(dit_config(cfg)), META)
         z_a = torch.randn(1, *cfg.audio_latent_shape)
         z_v = torch.randn(1, *cfg.video_latent_shape)
         inp = DiTInputs(z_a, z_v, torch.full((1,), 500, dtype=torch.long), z_a * 0, z_v * 0)
@@ -203,7 +205,7 @@ def autoencoder_rows(cfg: Config) -> list[Row]:
 
     def ae_part(make_call) -> Builder:
         def build(device):
-            model = to_device(MultiModalAutoencoder(cfg), device).eval()
+            model = to_device(MultiModalAutoencoder(autoencoder_config(cfg)), device).eval()
             return make_call(model)
 
         return build
@@ -299,7 +301,7 @@ def autoencoder_rows(cfg: Config) -> list[Row]:
     add("vae_decode", f"VAE decoder: {f} frames + audio image", vae_dec, 1)
 
     def tiny_dec(device):
-        tiny = to_device(TinyVAEDecoder(cfg), device).eval()
+        tiny = to_device(TinyVAEDecoder(**tiny_vae_decoder_config(cfg)), device).eval()
         latents = torch.randn(f + 1, c_vae, r, r)
         return count_params(tiny), lambda: tiny(latents)
 

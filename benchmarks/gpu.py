@@ -56,12 +56,13 @@ from common import (
     write_json,
 )
 
-from mmldm.config import DIT_SIZES, Config, SampleConfig, load_config
+from mmldm.codec import build_vae, vae_inputs
+from mmldm.config import DIT_SIZES, Config, load_config
 from mmldm.diffusion.schedule import alphas_cumprod
-from mmldm.models.autoencoder import MultiModalAutoencoder, vae_inputs
+from mmldm.models.autoencoder import MultiModalAutoencoder
 from mmldm.models.discriminator import TripletDiscriminator
 from mmldm.models.dit import MultiModalDiT
-from mmldm.models.vae import build_vae
+from mmldm.networks import autoencoder_config, discriminator_config, dit_config
 from mmldm.train.autoencoder import autoencoder_loss, discriminator_loss
 from mmldm.train.common import ema_update
 from mmldm.train.generator import generator_loss
@@ -161,7 +162,7 @@ class DiTTrainer:
         self.stage = stage
         dev = bench.device
         with torch.device(dev):  # initialising on the GPU is much faster than on the CPU
-            self.model = MultiModalDiT(cfg).to(dev).train()  # .to: NumPy-made buffers
+            self.model = MultiModalDiT(dit_config(cfg)).to(dev).train()
         self.forward = bench.compile(self.model) if compiled else self.model
         self.ema = (
             copy.deepcopy(self.model).requires_grad_(False)
@@ -262,7 +263,11 @@ def ae_train_section(bench: Bench, out: dict[str, Any]) -> None:
     stage = cfg.train.autoencoder
     with torch.device(dev):
         vae = build_vae(cfg.vae).to(dev).eval().requires_grad_(False)
-        model = MultiModalAutoencoder(cfg, cfg.train.gradient_checkpointing).to(dev).train()
+        model = (
+            MultiModalAutoencoder(autoencoder_config(cfg), cfg.train.gradient_checkpointing)
+            .to(dev)
+            .train()
+        )
     unets = model.decoder.unets
     eager_unets = dict(unets.items())
     # the UNet does nearly all of the work; compiled copies share the eager ones' parameters
@@ -285,7 +290,7 @@ def ae_train_section(bench: Bench, out: dict[str, Any]) -> None:
     disc = None
     if cfg.autoencoder.gan_weight > 0:
         with torch.device(dev):
-            disc = TripletDiscriminator(cfg.discriminator).to(dev).train()
+            disc = TripletDiscriminator(discriminator_config(cfg)).to(dev).train()
         disc_opt = torch.optim.AdamW(disc.parameters(), lr=stage.lr, betas=tuple(stage.betas))
     out["params"] = {
         "autoencoder": count_params(model),
@@ -377,34 +382,28 @@ def gpu_pipeline(bench: Bench, cfg: Config):
         return random_pipeline(cfg, "griffin-lim", bench.device)
 
 
-def set_solver(
-    cfg: Config, sampler: str, steps: int, decoder_sampler: str, decoder_steps: int
-) -> None:
-    """The pipeline reads the DiT's sampler from its arguments but the decoder's from
-    ``cfg.sample`` (shared by the pipeline and the autoencoder here): set both. The few-step
-    decoder runs without guidance, as a distilled one does."""
-    cfg.sample.sampler, cfg.sample.steps = sampler, steps
-    cfg.sample.decoder_sampler, cfg.sample.decoder_steps = decoder_sampler, decoder_steps
-    guidance = 1.0 if decoder_sampler == "few_step" else SampleConfig().decoder_guidance_audio
-    cfg.sample.decoder_guidance_audio = cfg.sample.decoder_guidance_video = guidance
-
-
 def sampling_section(bench: Bench, out: dict[str, Any]) -> None:
     args = bench.args
     cfg = load_config(args.config, [f"dit.size={args.sample_size}"])
     pipe, voc_note = gpu_pipeline(bench, cfg)
     if args.compile:
         pipe.dit.compile(mode=args.compile_mode)
-        for unet in pipe.autoencoder.decoder.unets.values():
+        for unet in pipe.codec.autoencoder.decoder.unets.values():
             unet.compile(mode=args.compile_mode)
     out.update(
         dit_size=args.sample_size,
         vocoder=voc_note,
         videos_per_call=args.sample_num,
-        params=count_params(pipe.dit, pipe.autoencoder, pipe.vae, pipe.vocoder.generator),
+        params=count_params(
+            pipe.dit, pipe.codec.autoencoder, pipe.codec.vae, pipe.codec.get_vocoder().generator
+        ),
     )
+    codec = pipe.codec
     for solver, (sampler, steps, dec_sampler, dec_steps) in SOLVERS.items():
-        set_solver(cfg, sampler, steps, dec_sampler, dec_steps)
+        # the DiT's sampler is an argument of generate, the decoder's a setting of the codec;
+        # the few-step decoder runs without guidance, as a distilled one does
+        guidance = 1.0 if dec_sampler == "few_step" else cfg.sample.decoder_guidance_audio
+        pipe.codec = codec.with_decoding(dec_sampler, dec_steps, guidance, guidance)
         bench.reset_memory()
         row = time_sampling(bench, pipe, sampler, steps, args.sample_num)
         out["rows"].append(
@@ -527,7 +526,8 @@ def max_batch_section(bench: Bench, out: dict[str, Any]) -> None:
     cfg = load_config(args.config, [f"dit.size={args.sample_size}"])
     bench.reset_memory()
     pipe, voc_note = gpu_pipeline(bench, cfg)
-    set_solver(cfg, "ddim", 1, "ddim", 1)  # one step holds as much memory as fifty
+    guidance = cfg.sample.decoder_guidance_audio  # one guided step holds as much as fifty
+    pipe.codec = pipe.codec.with_decoding("ddim", 1, guidance, guidance)
 
     def run(n: int) -> None:
         with bench.autocast():

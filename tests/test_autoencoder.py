@@ -6,10 +6,11 @@ import dataclasses
 import pytest
 import torch
 
+from mmldm.codec import build_vae, vae_inputs
 from mmldm.config import load_config
-from mmldm.models.autoencoder import MultiModalAutoencoder, vae_inputs
+from mmldm.models.autoencoder import MultiModalAutoencoder
 from mmldm.models.discriminator import TripletDiscriminator
-from mmldm.models.vae import build_vae
+from mmldm.networks import autoencoder_config, discriminator_config
 from mmldm.train.autoencoder import autoencoder_loss, discriminator_loss
 
 SD1_UNET_PARAMETERS = 859_520_964  # Stable Diffusion 1.x UNet (v1-4 / v1-5)
@@ -21,7 +22,7 @@ def test_paper_config_shapes_and_decoder_size():
 
     cfg = load_config("paper_landscape")
     with torch.device("meta"):
-        model = MultiModalAutoencoder(cfg)
+        model = MultiModalAutoencoder(autoencoder_config(cfg))
         sd_unet = UNet2DConditionModel(  # the SD 1.x UNet config, as published with the model
             sample_size=64,
             in_channels=4,
@@ -49,9 +50,9 @@ def test_paper_config_shapes_and_decoder_size():
 def setup():
     torch.manual_seed(0)
     cfg = load_config("tiny")
-    model = MultiModalAutoencoder(cfg)
+    model = MultiModalAutoencoder(autoencoder_config(cfg))
     vae = build_vae(cfg.vae).eval().requires_grad_(False)
-    disc = TripletDiscriminator(cfg.discriminator)
+    disc = TripletDiscriminator(discriminator_config(cfg))
     g = torch.Generator().manual_seed(1)
     b, f = 3, cfg.data.num_frames
     video = torch.rand(b, f, 3, 32, 32, generator=g) * 2 - 1
@@ -183,8 +184,8 @@ def test_frame_index_embedding_separates_neighbouring_frames():
 def test_loss_falls_on_a_fixed_batch(setup):
     cfg, _, vae, _, inputs, labels = setup
     torch.manual_seed(0)
-    model = MultiModalAutoencoder(cfg)
-    disc = TripletDiscriminator(cfg.discriminator)
+    model = MultiModalAutoencoder(autoencoder_config(cfg))
+    disc = TripletDiscriminator(discriminator_config(cfg))
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
     for step in range(40):
@@ -225,7 +226,7 @@ def test_frame_channels_keep_paper_shapes_and_route_each_frame_its_group():
     cfg = load_config("paper_landscape", ["autoencoder.frame_channels=2"])
     assert cfg.autoencoder.clip_channels == 16 - 4 * 2
     with torch.device("meta"):
-        model = MultiModalAutoencoder(cfg)
+        model = MultiModalAutoencoder(autoencoder_config(cfg))
         enc = model.encode(torch.empty(2, 4, 4, 32, 32), torch.empty(2, 4, 32, 32))
     assert enc.z_v.shape == (2, 16, 16, 16) and enc.s_v.shape == (2, 768, 2, 2)
     with pytest.raises(Exception, match="frame_channels"):
@@ -233,7 +234,9 @@ def test_frame_channels_keep_paper_shapes_and_route_each_frame_its_group():
 
     torch.manual_seed(0)
     cfg = load_config("tiny", ["autoencoder.latent_channels=6", "autoencoder.frame_channels=1"])
-    model = MultiModalAutoencoder(cfg)  # 2 clip channels, then one channel per frame
+    model = MultiModalAutoencoder(
+        autoencoder_config(cfg)
+    )  # 2 clip channels, then one channel per frame
     z_v = model.encode(torch.randn(1, 4, 4, 16, 16), torch.randn(1, 4, 16, 16)).z_v
     assert z_v.shape == (1, 6, 8, 8)
     branch = model.decoder.branches["video"]
@@ -266,9 +269,9 @@ def test_decoder_without_class_embedding_ignores_labels():
     and the other modality's semantic feature."""
     torch.manual_seed(0)
     cfg = load_config("tiny", ["decoder.class_embedding=false"])
-    model = MultiModalAutoencoder(cfg)
+    model = MultiModalAutoencoder(autoencoder_config(cfg))
     assert model.decoder.class_embed is None and model.classifier is not None
-    with_class = MultiModalAutoencoder(load_config("tiny")).decoder
+    with_class = MultiModalAutoencoder(autoencoder_config(load_config("tiny"))).decoder
     z, s = torch.randn(2, 4, 4, 4), torch.randn(2, *cfg.semantic_shape)
     keep = torch.ones(2)
     a = model.decoder.condition("audio", z, s, torch.tensor([0, 1]), keep)
@@ -283,22 +286,20 @@ def test_shared_decoder_noise_gives_frames_one_start(shared):
     """sample.decoder_shared_noise: every frame of a clip starts from the same noise. At
     initialisation the conditioning is a no-op (zero-initialised last layers), so frames then
     decode identically; with a draw per frame they differ."""
-    from mmldm.audio.vocoder import load_vocoder_from_config
-    from mmldm.decode import decode_latents
+    from mmldm.codec import Codec
 
     torch.manual_seed(0)
     cfg = load_config("tiny", [f"sample.decoder_shared_noise={str(shared).lower()}"])
-    model = MultiModalAutoencoder(cfg).eval()
+    model = MultiModalAutoencoder(autoencoder_config(cfg)).eval()
     vae = build_vae(cfg.vae).eval()
-    vocoder = load_vocoder_from_config(cfg)
     z_a, z_v = torch.randn(2, *cfg.audio_latent_shape), torch.randn(2, *cfg.video_latent_shape)
-    out = decode_latents(model, vae, vocoder, z_a, z_v, steps=2, generator=torch.Generator())
+    out = Codec(cfg, model, vae).decode(z_a, z_v, steps=2, generator=torch.Generator())
     same = torch.allclose(out.frames[:, :1].expand_as(out.frames), out.frames, atol=1e-5)
     assert same == shared
 
 
 def test_vae_latent_cache_encodes_each_clip_once_and_draws_from_its_posterior(setup, monkeypatch):
-    from mmldm.models.autoencoder import VAELatentCache
+    from mmldm.codec import VAELatentCache
 
     cfg, _, vae, _, _, _ = setup
     g = torch.Generator().manual_seed(3)

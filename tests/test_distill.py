@@ -10,11 +10,11 @@ import torch
 
 from mmldm.checkpoint import CheckpointError, load_checkpoint
 from mmldm.cli import main
+from mmldm.codec import Codec, vae_inputs
 from mmldm.config import ConfigError, load_config
 from mmldm.data.media import probe
 from mmldm.data.synthetic import synthesize_dataset
-from mmldm.decode import decode_latents, load_autoencoder
-from mmldm.models.autoencoder import vae_inputs
+from mmldm.networks import tiny_vae_decoder_config
 from mmldm.train.distill import distill_config, distill_loss
 
 TINY = ["--config", "tiny", "-q"]
@@ -57,7 +57,8 @@ def _distill_cmd(ae, out, *extra):
 
 @pytest.mark.parametrize("target", ["data", "teacher"])
 def test_distillation_loss_falls_on_a_fixed_batch(ae, target):
-    teacher, vae, teacher_cfg = load_autoencoder(ae["ae"])
+    codec = Codec.load(ae["ae"])
+    teacher, vae, teacher_cfg = codec.autoencoder, codec.vae, codec.cfg
     cfg = distill_config(
         teacher_cfg, [f"distill.target={target}", "distill.steps=2", "distill.teacher_steps=3"]
     )
@@ -85,7 +86,7 @@ def test_distillation_loss_falls_on_a_fixed_batch(ae, target):
 
 
 def test_distill_config_keeps_the_architecture(ae):
-    _, _, teacher_cfg = load_autoencoder(ae["ae"])
+    teacher_cfg = Codec.load(ae["ae"]).cfg
     cfg = distill_config(teacher_cfg, ["distill.steps=3", "train.distill.lr=1e-3"])
     assert (cfg.sample.decoder_sampler, cfg.sample.decoder_steps) == ("few_step", 3)
     assert cfg.sample.decoder_guidance_audio == cfg.sample.decoder_guidance_video == 1.0
@@ -110,17 +111,15 @@ def test_distill_run_resumes_exactly_and_samples(ae, tmp_path):
     assert any(not torch.equal(sa[k], teacher[f"decoder.{k}"]) for k in sa)  # it trained
 
     # decoding with it: its weights, its sampler (2 passes per latent, no guidance)
-    model, vae, cfg = load_autoencoder(ae["ae"], decoder=straight)
+    codec = Codec.load(ae["ae"], decoder=straight)
+    model, cfg = codec.autoencoder, codec.cfg
     assert (cfg.sample.decoder_sampler, cfg.sample.decoder_steps) == ("few_step", 2)
-    assert model.cfg is cfg
     own = dict(model.decoder.state_dict())
     assert all(torch.equal(own[k], sa[k]) for k in sa)
     calls = []
     model.decoder.unets["shared"].register_forward_hook(lambda *a: calls.append(a[1][0].shape))
-    from mmldm.audio.vocoder import load_vocoder_from_config
-
     z_a, z_v = torch.randn(1, *cfg.audio_latent_shape), torch.randn(1, *cfg.video_latent_shape)
-    out = decode_latents(model, vae, load_vocoder_from_config(cfg), z_a, z_v)
+    out = codec.decode(z_a, z_v)
     assert len(calls) == 2 and calls[0][0] == 1 + cfg.data.num_frames  # one batch, no null rows
     assert torch.isfinite(out.frames).all()
 
@@ -138,7 +137,7 @@ def test_decoder_of_another_autoencoder_is_refused(ae, tmp_path, capsys):
     other = tmp_path / "other_ae"
     _train_ae(ae["synth"], other, seed=1)
     with pytest.raises(CheckpointError, match="distilled from"):
-        load_autoencoder(other, decoder=dec)
+        Codec.load(other, decoder=dec)
     args = ["distill-decoder", "--resume", str(dec), "--autoencoder", str(other), "-q"]
     assert main(args) == 1
     assert "another autoencoder" in capsys.readouterr().err
@@ -157,10 +156,11 @@ def test_tiny_vae_decoder_loss_falls_and_matches_the_vae_shapes(ae):
     from mmldm.models.vae import TinyVAEDecoder
     from mmldm.train.distill import distill_vae_loss
 
-    _, vae, teacher_cfg = load_autoencoder(ae["ae"])
+    codec = Codec.load(ae["ae"])
+    vae, teacher_cfg = codec.vae, codec.cfg
     cfg = distill_config(teacher_cfg, ["distill.vae_width=8", "distill.vae_depth=1"], "vae")
     assert cfg.sample == teacher_cfg.sample  # no sampling settings change for the VAE part
-    tiny = TinyVAEDecoder(cfg)
+    tiny = TinyVAEDecoder(**tiny_vae_decoder_config(cfg))
     g = torch.Generator().manual_seed(0)
     video = torch.rand(2, cfg.data.num_frames, 3, 32, 32, generator=g) * 2 - 1
     n = int(round(cfg.data.clip_seconds * cfg.data.sample_rate))
@@ -187,16 +187,13 @@ def test_distill_vae_run_decodes_clips(ae, tmp_path):
     ckpt = load_checkpoint(run)
     assert ckpt.kind == "distill" and "vae_decoder" in ckpt.modules
     # a signal-decoder run is not a VAE decoder, and the other way round
-    from mmldm.decode import load_vae_decoder
-
-    tiny = load_vae_decoder(run, ae["ae"])
     with pytest.raises(CheckpointError, match="no module 'decoder'"):
-        load_autoencoder(ae["ae"], decoder=run)
-    model, vae, cfg = load_autoencoder(ae["ae"])
-    from mmldm.audio.vocoder import load_vocoder_from_config
-
+        Codec.load(ae["ae"], decoder=run)
+    codec = Codec.load(ae["ae"], vae_decoder=run)
+    cfg = codec.cfg
+    assert codec.decoding_vae is codec.vae_decoder
     z_a, z_v = torch.randn(1, *cfg.audio_latent_shape), torch.randn(1, *cfg.video_latent_shape)
-    out = decode_latents(model, tiny, load_vocoder_from_config(cfg), z_a, z_v, steps=2)
+    out = codec.decode(z_a, z_v, steps=2)
     assert out.frames.shape == (1, cfg.data.num_frames, 3, 32, 32)
     clip = next(ae["synth"].rglob("*.mp4"))
     out_mp4 = tmp_path / "recon.mp4"

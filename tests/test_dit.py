@@ -8,6 +8,7 @@ import torch
 from mmldm.config import load_config
 from mmldm.diffusion.schedule import alphas_cumprod
 from mmldm.models.dit import DiTInputs, MultiModalDiT, sincos_2d
+from mmldm.networks import dit_config
 from mmldm.train.generator import generator_loss
 
 
@@ -15,7 +16,7 @@ from mmldm.train.generator import generator_loss
 def test_named_sizes_match_table_4(size, millions):
     cfg = load_config("paper_landscape", [f"dit.size={size}"])
     with torch.device("meta"):
-        count = sum(p.numel() for p in MultiModalDiT(cfg).parameters())
+        count = sum(p.numel() for p in MultiModalDiT(dit_config(cfg)).parameters())
     assert abs(count / 1e6 - millions) / millions < 0.05
 
 
@@ -26,7 +27,7 @@ def test_xl_is_the_published_size():
 
 def test_sequence_layout_and_outputs():
     cfg = load_config("tiny", ["dit.num_context_tokens=3"])
-    model = MultiModalDiT(cfg)
+    model = MultiModalDiT(dit_config(cfg))
     z_a, z_v = torch.randn(2, *cfg.audio_latent_shape), torch.randn(2, *cfg.video_latent_shape)
     assert model.audio.num_tokens == 16 and model.video.num_tokens == 64  # 4x4, 8x8 (tiny)
     eps_a, eps_v = model(DiTInputs(z_a, z_v, torch.tensor([3, 900])))
@@ -38,7 +39,7 @@ def test_sequence_layout_and_outputs():
 
 def _trained_a_bit(cfg, steps=3):
     torch.manual_seed(0)
-    model = MultiModalDiT(cfg)
+    model = MultiModalDiT(dit_config(cfg))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     abar = alphas_cumprod(cfg.diffusion)
     g = torch.Generator().manual_seed(0)
@@ -91,7 +92,7 @@ def test_loss_falls_on_a_fixed_batch(prediction_type):
         ],
     )
     torch.manual_seed(0)
-    model = MultiModalDiT(cfg)
+    model = MultiModalDiT(dit_config(cfg))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     abar = alphas_cumprod(cfg.diffusion)
     g = torch.Generator().manual_seed(0)
@@ -135,7 +136,7 @@ def test_frame_tokens_layout_round_trip_and_loss():
     with pytest.raises(Exception, match="frame_channels"):
         load_config("tiny", ["dit.frame_tokens=true"])
     cfg = load_config("tiny", [*FRAMES, "dit.long=true"])  # 2 clip channels + 4 frames x 1
-    model = MultiModalDiT(cfg)
+    model = MultiModalDiT(dit_config(cfg))
     video = model.video
     assert video.channels == 2 and video.num_frames == 4
     assert video.num_tokens == 64 + 4  # 8x8 spatial tokens + one per key frame
@@ -205,11 +206,11 @@ def test_positions_in_dits_layout():
 def test_model_built_on_the_meta_device_runs_like_one_built_on_the_cpu(overrides):
     cfg = load_config("tiny", overrides)
     torch.manual_seed(0)
-    reference = MultiModalDiT(cfg)
+    reference = MultiModalDiT(dit_config(cfg))
     for p in reference.parameters():  # non-zero everywhere, so the outputs depend on inputs
         torch.nn.init.normal_(p, std=0.05)
     with torch.device("meta"):
-        model = MultiModalDiT(cfg)
+        model = MultiModalDiT(dit_config(cfg))
     model.to_empty(device="cpu")
     model.load_state_dict(reference.state_dict())
     z_a, z_v = torch.randn(2, *cfg.audio_latent_shape), torch.randn(2, *cfg.video_latent_shape)

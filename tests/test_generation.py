@@ -273,11 +273,13 @@ def test_distilled_decoders_in_the_pipeline_and_the_cli(trained, tmp_path):
         trained["gen"], trained["ae"], decoder=dec, vae_decoder=tiny
     )
     passes = []
-    pipe.autoencoder.decoder.unets["shared"].register_forward_hook(lambda *a: passes.append(1))
+    pipe.codec.autoencoder.decoder.unets["shared"].register_forward_hook(
+        lambda *a: passes.append(1)
+    )
     out = pipe.generate("svg", 1, seed=0)
     assert len(passes) == 2 and out.frames.shape[1] == pipe.cfg.data.num_frames
     assert out.settings["decoder_sampler"] == "few_step" and out.settings["decoder_steps"] == 2
-    assert pipe.decoding_vae is pipe.vae_decoder
+    assert pipe.codec.decoding_vae is pipe.codec.vae_decoder is not None
     args = ["sample", "--generator", str(trained["gen"]), "--autoencoder", str(trained["ae"])]
     args += ["--decoder", str(dec), "--vae-decoder", str(tiny), "--decoder-steps", "1"]
     assert main([*args, "--task", "svg", "--num", "1", "--out", str(tmp_path / "s"), "-q"]) == 0

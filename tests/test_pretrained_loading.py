@@ -8,9 +8,11 @@ import torch
 from safetensors.torch import save_file
 
 from mmldm.checkpoint import CheckpointError
+from mmldm.codec import build_vae, load_vae
 from mmldm.config import load_config
-from mmldm.models.signal_decoder import build_unet, load_pretrained_unet
-from mmldm.models.vae import build_vae, load_vae
+from mmldm.models.signal_decoder import build_unet
+from mmldm.networks import decoder_config
+from mmldm.train.autoencoder import load_pretrained_unet
 
 
 def to_ldm_keys(sd: dict, num_blocks: int) -> dict:
@@ -66,7 +68,7 @@ def test_vae_from_diffusers_folder(tmp_path, cfg):
 def test_a_pretrained_vae_brings_its_latent_scale(tmp_path, cfg):
     """SDXL-style VAEs use another scale than SD 1.x's 0.18215: the loaded VAE's own value
     ends up in the config that later stages store."""
-    from mmldm.models.vae import adopt_vae_scaling
+    from mmldm.codec import adopt_vae_scaling
 
     torch.manual_seed(0)
     vae = build_vae(cfg.vae)
@@ -130,12 +132,12 @@ def test_sd_unet_weights_load_into_the_decoder(tmp_path, cfg):
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
     )
     sd_unet.save_pretrained(tmp_path / "sd" / "unet")
-    ours = build_unet(cfg)
+    ours = build_unet(decoder_config(cfg))
     load_pretrained_unet(ours, tmp_path / "sd")
     for key, value in sd_unet.state_dict().items():
         assert torch.equal(ours.state_dict()[key], value)
     with pytest.raises(CheckpointError, match="decoder.pretrained_unet"):
         load_pretrained_unet(ours, tmp_path)
-    wider = build_unet(load_config("tiny", ["decoder.block_out_channels=[32,64]"]))
+    wider = build_unet(decoder_config(load_config("tiny", ["decoder.block_out_channels=[32,64]"])))
     with pytest.raises(CheckpointError, match="shape mismatch"):
         load_pretrained_unet(wider, tmp_path / "sd")

@@ -137,10 +137,9 @@ def test_two_process_cpu_run_loads_in_one_process(synth, tmp_path):
     ckpt = load_checkpoint(run, kind="autoencoder")
     state = ckpt.training_state()
     assert ckpt.step == 2 and state["world_size"] == 2 and len(state["rng"]) == 2
-    from mmldm.decode import load_autoencoder
+    from mmldm.codec import Codec
 
-    model, vae, cfg = load_autoencoder(run)
-    assert cfg == ckpt.config
+    assert Codec.load(run).cfg == ckpt.config
 
 
 def _train_cmd(synth, run, resume=False):
@@ -200,7 +199,7 @@ def test_sigkill_and_resume_matches_uninterrupted_run(synth, tmp_path):
 
 
 def test_train_vae_from_scratch_and_load(synth, tmp_path):
-    from mmldm.models.vae import load_vae
+    from mmldm.codec import load_vae
 
     run = tmp_path / "vae"
     assert (
@@ -256,10 +255,10 @@ def test_train_vae_from_scratch_and_load(synth, tmp_path):
     # the autoencoder's stored config carries the VAE's own scale, so sampling and latent
     # caching (which rebuild the VAE from it) make the latents it was trained on
     assert ae_cfg.vae.scaling_factor == pytest.approx(ckpt.config.vae.scaling_factor)
-    from mmldm.decode import load_autoencoder
+    from mmldm.codec import Codec
     from mmldm.models.vae import encode
 
-    _, ae_vae, _ = load_autoencoder(ae_run)
+    ae_vae = Codec.load(ae_run).vae
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(
@@ -268,8 +267,7 @@ def test_train_vae_from_scratch_and_load(synth, tmp_path):
 
 
 def test_decoding_is_batched_seeded_and_solver_agnostic(synth, tmp_path):
-    from mmldm.audio.vocoder import load_vocoder_from_config
-    from mmldm.decode import decode_latents, load_autoencoder
+    from mmldm.codec import Codec
 
     run = tmp_path / "ae"
     assert (
@@ -289,14 +287,14 @@ def test_decoding_is_batched_seeded_and_solver_agnostic(synth, tmp_path):
         )
         == 0
     )
-    model, vae, cfg = load_autoencoder(run)
-    vocoder = load_vocoder_from_config(cfg)
+    codec = Codec.load(run)
+    cfg = codec.cfg
     z_a = torch.randn(2, *cfg.audio_latent_shape)
     z_v = torch.randn(2, *cfg.video_latent_shape)
 
     def run_decode(seed, sampler="ddim"):
         g = torch.Generator().manual_seed(seed)
-        return decode_latents(model, vae, vocoder, z_a, z_v, steps=3, sampler=sampler, generator=g)
+        return codec.decode(z_a, z_v, steps=3, sampler=sampler, generator=g)
 
     a, b, c = run_decode(0), run_decode(0), run_decode(1)
     assert torch.equal(a.frames, b.frames) and torch.equal(a.wave, b.wave)

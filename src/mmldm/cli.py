@@ -329,37 +329,26 @@ def cmd_distill_decoder(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     import torch
 
-    from mmldm.audio.vocoder import load_vocoder
+    from mmldm.codec import Codec
     from mmldm.data.clips import frames_to_tensor_layout
     from mmldm.data.dataset import decode_span
     from mmldm.data.media import write_video
-    from mmldm.decode import decode_latents, encode_clips, load_autoencoder, load_vae_decoder
 
     device = torch.device(args.device)
-    model, vae, cfg = load_autoencoder(args.autoencoder, device, decoder=args.decoder)
-    vocoder = load_vocoder(
-        args.vocoder or cfg.vocoder.path,
-        cfg.data.mel,
-        cfg.vocoder.griffin_lim_iters,
-    ).to(device)
+    codec = Codec.load(
+        args.autoencoder,
+        device=device,
+        decoder=args.decoder,
+        vae_decoder=args.vae_decoder,
+        vocoder=args.vocoder,
+    )
+    cfg = codec.cfg
     frames, audio = decode_span(Path(args.input), cfg.data, args.start, cfg.data.clip_seconds)
     video = torch.from_numpy(frames_to_tensor_layout(frames))[None].to(device)
     wave = torch.from_numpy(audio)[None].to(device)
-    z_a, z_v = encode_clips(model, vae, video, wave)
+    z_a, z_v = codec.encode(video, wave)
     generator = torch.Generator(device).manual_seed(args.seed)
-    decoding_vae = vae  # or a tiny VAE decoder (mmldm distill-vae)
-    if args.vae_decoder:
-        decoding_vae = load_vae_decoder(args.vae_decoder, args.autoencoder, device)
-    out = decode_latents(
-        model,
-        decoding_vae,
-        vocoder,
-        z_a,
-        z_v,
-        steps=args.decoder_steps,
-        generator=generator,
-        desc="decoding",
-    )
+    out = codec.decode(z_a, z_v, steps=args.decoder_steps, generator=generator, desc="decoding")
     write_video(
         args.out,
         out.frames[0].permute(0, 2, 3, 1).cpu().numpy(),
@@ -372,7 +361,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         args.out,
         cfg.data.num_frames,
         out.wave.shape[-1] / out.sample_rate,
-        vocoder.kind,
+        codec.get_vocoder().kind,
     )
     return 0
 

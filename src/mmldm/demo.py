@@ -254,13 +254,12 @@ def make_samples(
 def reconstruct(pipe, video: torch.Tensor, audio: torch.Tensor):
     """The autoencoder's round trip of clips (``[B, F, 3, S, S]``, ``[B, N]``), with the
     decoder settings of sampling, as a Generation of task "reconstruction"."""
-    from mmldm.decode import decode_latents, encode_clips
     from mmldm.pipeline import Generation
 
-    model, cfg = pipe.autoencoder, pipe.autoencoder.cfg
-    z_a, z_v = encode_clips(model, pipe.vae, video, audio)
-    g = torch.Generator().manual_seed(0)
-    out = decode_latents(model, pipe.decoding_vae, pipe.vocoder, z_a, z_v, generator=g)
+    codec = pipe.codec
+    cfg = codec.cfg
+    z_a, z_v = codec.encode(video, audio)
+    out = codec.decode(z_a, z_v, generator=torch.Generator().manual_seed(0))
     return Generation(
         task="reconstruction",
         frames=out.frames,

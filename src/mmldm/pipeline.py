@@ -18,20 +18,14 @@ from pathlib import Path
 
 import torch
 
-from mmldm.audio.vocoder import load_vocoder
 from mmldm.checkpoint import CheckpointError, load_checkpoint, load_weights
+from mmldm.codec import Codec
 from mmldm.config import Config
 from mmldm.data.latents import LatentStats, autoencoder_fingerprint
-from mmldm.decode import (
-    decode_latents,
-    encode_audio,
-    encode_video,
-    load_autoencoder,
-    load_vae_decoder,
-)
 from mmldm.diffusion.sampling import guided, sample_loop
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod, make_sampler
 from mmldm.models.dit import DiTInputs, MultiModalDiT
+from mmldm.networks import dit_config
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +50,12 @@ class Generation:
 
 
 class MMLDMPipeline:
-    def __init__(
-        self,
-        dit: MultiModalDiT,
-        stats: LatentStats,
-        autoencoder,
-        vae,
-        vocoder,
-        cfg: Config,
-        vae_decoder: torch.nn.Module | None = None,
-    ) -> None:
-        self.dit, self.stats, self.autoencoder, self.vae, self.vocoder = (
-            dit,
-            stats,
-            autoencoder,
-            vae,
-            vocoder,
-        )
-        self.cfg = cfg  # the generator's config (its data / autoencoder sections match)
-        self.vae_decoder = vae_decoder  # a tiny VAE decoder, or None: the KL-VAE's
+    """The generator (DiT and its latent statistics) and the codec of the autoencoder its
+    latents came from; ``cfg`` is the generator's config (its data / autoencoder sections are
+    the codec's)."""
+
+    def __init__(self, dit: MultiModalDiT, stats: LatentStats, codec: Codec, cfg: Config) -> None:
+        self.dit, self.stats, self.codec, self.cfg = dit, stats, codec, cfg
         self.abar = alphas_cumprod(cfg.diffusion)
 
     @classmethod
@@ -105,22 +86,22 @@ class MMLDMPipeline:
                 f"{ckpt.metadata.get('mmldm.autoencoder')} (fingerprint {expected}), not on "
                 f"{autoencoder} ({found})"
             )
-        dit = MultiModalDiT(cfg)
+        dit = MultiModalDiT(dit_config(cfg))
         name = "ema" if use_ema and "ema" in ckpt.modules else "dit"
         load_weights(dit, ckpt.state_dict(name), source=f"{ckpt.path} [{name}]")
         stats = LatentStats.from_state_dict(ckpt.state_dict("latent_stats"))
-        model, vae, ae_cfg = load_autoencoder(autoencoder, device, dtype, decoder=decoder)
-        voc = load_vocoder(
-            vocoder or ae_cfg.vocoder.path,
-            ae_cfg.data.mel,
-            ae_cfg.vocoder.griffin_lim_iters,
-        ).to(device)
+        codec = Codec.load(
+            autoencoder,
+            device=device,
+            dtype=dtype,
+            decoder=decoder,
+            vae_decoder=vae_decoder,
+            vocoder=vocoder,
+        )
+        codec.get_vocoder()  # now: a wrong vocoder fails here, not after sampling
         dit.to(device).eval().requires_grad_(False)
         if dtype != torch.float32:
             dit.to(dtype)
-        tiny = None
-        if vae_decoder is not None:
-            tiny = load_vae_decoder(vae_decoder, autoencoder, device, dtype)
         log.info(
             "generator %s (step %d, %s weights), autoencoder %s",
             ckpt.path,
@@ -128,7 +109,7 @@ class MMLDMPipeline:
             name,
             autoencoder,
         )
-        return cls(dit, stats, model, vae, voc, cfg, vae_decoder=tiny)
+        return cls(dit, stats, codec, cfg)
 
     @property
     def device(self) -> torch.device:
@@ -230,34 +211,20 @@ class MMLDMPipeline:
         dev, dt = self.device, self.dtype
         z_a = z_v = None
         if audio is not None:
-            z_a = encode_audio(self.autoencoder, self.vae, audio.to(dev, dt))
+            z_a = self.codec.encode_audio(audio.to(dev, dt))
         if video is not None:
-            z_v = encode_video(self.autoencoder, self.vae, video.to(dev, dt))
+            z_v = self.codec.encode_video(video.to(dev, dt))
         za_n, zv_n = self.stats.normalize(
             z_a if z_a is not None else torch.zeros(1, *self.cfg.audio_latent_shape),
             z_v if z_v is not None else torch.zeros(1, *self.cfg.video_latent_shape),
         )
         return (za_n if z_a is not None else None), (zv_n if z_v is not None else None)
 
-    @property
-    def decoding_vae(self) -> torch.nn.Module:
-        """What turns VAE latents into images: the tiny VAE decoder if loaded, else the VAE."""
-        return self.vae if self.vae_decoder is None else self.vae_decoder
-
     def decode(self, z_a: torch.Tensor, z_v: torch.Tensor, generator=None, labels=None, steps=None):
         """Normalised latents -> signals with the autoencoder's decoder settings (or a
         distilled decoder's); ``steps`` overrides sample.decoder_steps."""
         za, zv = self.stats.denormalize(z_a, z_v)
-        return decode_latents(
-            self.autoencoder,
-            self.decoding_vae,
-            self.vocoder,
-            za,
-            zv,
-            labels=labels,
-            generator=generator,
-            steps=steps,
-        )
+        return self.codec.decode(za, zv, labels=labels, generator=generator, steps=steps)
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -392,7 +359,7 @@ class MMLDMPipeline:
 
     def _result(self, task, frames, wave, seed, num, kw, *, has_audio, labels) -> Generation:
         settings = {k: v for k, v in kw.items() if k != "generator"}
-        dec = self.autoencoder.cfg.sample  # the decoder's settings (a distilled one's if loaded)
+        dec = self.codec.cfg.sample  # the decoder's settings (a distilled one's if loaded)
         settings.update(
             steps=settings["steps"] or self.cfg.sample.steps,
             sampler=settings["sampler"] or self.cfg.sample.sampler,

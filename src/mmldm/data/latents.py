@@ -239,12 +239,13 @@ def cache_latents(
     cache_dir: str | Path | None = None,
 ) -> Path:
     """Encode every clip of ``data`` with the autoencoder of ``autoencoder`` into ``out``."""
+    from mmldm.codec import Codec
     from mmldm.config import config_to_dict
     from mmldm.data.dataset import SoundingVideoDataset
-    from mmldm.decode import encode_clips, load_autoencoder
 
     out = Path(out)
-    model, vae, cfg = load_autoencoder(autoencoder, device)
+    codec = Codec.load(autoencoder, device=device)
+    cfg = codec.cfg
     dataset = SoundingVideoDataset(data, cfg.data, cache_dir=cache_dir)
     meta = {
         "autoencoder": str(autoencoder),
@@ -278,7 +279,7 @@ def cache_latents(
             items = [dataset[i] for i in idx[b : b + batch_size]]
             video = torch.stack([it["video"] for it in items]).to(device)
             audio = torch.stack([it["audio"] for it in items]).to(device)
-            z_a, z_v = encode_clips(model, vae, video, audio)
+            z_a, z_v = codec.encode(video, audio)
             za.append(z_a.float().cpu())
             zv.append(z_v.float().cpu())
             labels += [int(it["label"]) for it in items]

@@ -8,20 +8,32 @@ three slots at the configured downsampling factors (the paper's "cross-modal ful
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmldm.config import DiscriminatorConfig
 from mmldm.models.blocks import Downsample, FullAttention, ResBlock, group_norm, per_slot
 
 SLOTS = 3
 
 
+@dataclass(frozen=True)
+class TripletDiscriminatorConfig:
+    """The discriminator's widths (the paper presets': 32 x [1, 2, 3, 4, 4, 6, 6])."""
+
+    base_channels: int
+    channel_mults: tuple[int, ...]
+    num_res_blocks: int
+    head_channels: int
+    attention_resolutions: tuple[int, ...]  # downsampling factors with full attention
+
+
 class TripletDiscriminator(nn.Module):
     """``[B, 3, 3, H, W]`` triplets (audio image, frame i, frame j) in [-1, 1] -> logits ``[B]``."""
 
-    def __init__(self, cfg: DiscriminatorConfig) -> None:
+    def __init__(self, cfg: TripletDiscriminatorConfig) -> None:
         super().__init__()
         widths = [cfg.base_channels * m for m in cfg.channel_mults]
         self.stem = nn.Conv2d(3, widths[0], 3, padding=1)

@@ -8,7 +8,8 @@ Token sequence (patch size 1 in the paper)::
 Each modality's tokens get fixed 2-D sin-cos positions and a learnable modality embedding. Blocks
 are DiT's adaLN-Zero blocks (LayerNorm without affine, eps 1e-6; SDPA attention; MLP ratio 4
 with tanh-GELU), conditioned on the timestep (and optionally a class). Separate zero-initialised
-final layers predict eps for audio and for video.
+final layers give the prediction for audio and for video (eps or v: the diffusion settings
+decide which target it is trained on; the network is the same).
 
 Conditional generation (sec. 3.3): the clean latent of the given modality enters through a
 zero-initialised linear added to that modality's input tokens (zeros = unconditional).
@@ -27,8 +28,31 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mmldm.config import Config
 from mmldm.models.blocks import sinusoidal_embedding
+
+
+@dataclass(frozen=True)
+class MultiModalDiTConfig:
+    """Everything the DiT network needs (the experiment's ``dit`` section composes it).
+
+    The paper's: z_a 16 x 8 x 8, z_v 16 x 16 x 16, DiT-XL/1 (width 1152, depth 28, 16 heads).
+    """
+
+    audio_shape: tuple[int, int, int]  # C x H x W of z_a
+    video_shape: tuple[int, int, int]  # C x H x W of z_v
+    hidden_size: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    patch_size: int
+    num_context_tokens: int  # learned constant tokens in front of the sequence
+    num_classes: int  # > 0: a label embedding with one more row for the null class
+    # > 0: the last len(key_frames) * frame_channels channels of z_v are one group per key
+    # frame, each given one token (instead of entering the spatial tokens)
+    frame_channels: int
+    key_frames: tuple[int, ...]
+    long: bool  # a second branch that reads the previous clip (long / continuation)
+    long_depth: int  # its depth; 0 = depth // 2
 
 
 def sincos_2d(
@@ -197,33 +221,30 @@ class DiTInputs:
 
 
 class MultiModalDiT(nn.Module):
-    """eps-prediction for (z_a, z_v) jointly: ``DiTInputs -> (eps_a, eps_v)``."""
+    """The prediction (eps or v) for (z_a, z_v) jointly: ``DiTInputs -> (out_a, out_v)``,
+    each shaped like its latent."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, config: MultiModalDiTConfig) -> None:
         super().__init__()
-        d = cfg.dit
-        self.cfg = cfg
-        c_a, s_a, _ = cfg.audio_latent_shape
-        c_v, s_v, _ = cfg.video_latent_shape
+        d = self.config = config
+        c_a, s_a, _ = d.audio_shape
+        c_v, s_v, _ = d.video_shape
         dim = d.hidden_size
-        frames = (cfg.autoencoder.frame_channels, tuple(cfg.autoencoder.key_frames))
-        frames = frames if d.frame_tokens else (0, ())
+        frames = (d.frame_channels, tuple(d.key_frames))
         self.audio = ModalityTokens(c_a, s_a, d.patch_size, dim)
         self.video = ModalityTokens(c_v, s_v, d.patch_size, dim, *frames)
         self.eos_a = nn.Parameter(torch.zeros(1, 1, dim))
         self.eos_v = nn.Parameter(torch.zeros(1, 1, dim))
         self.context = nn.Parameter(torch.zeros(1, d.num_context_tokens, dim))
         self.t_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.num_classes = cfg.data.num_classes if d.class_conditional else 0
+        self.num_classes = d.num_classes
         # one extra row: the null class that class dropout (and unconditional sampling) uses
         self.y_embed = nn.Embedding(self.num_classes + 1, dim) if self.num_classes else None
         self.blocks = nn.ModuleList(DiTBlock(dim, d.num_heads, d.mlp_ratio) for _ in range(d.depth))
         self.final_a = FinalLayer(dim, c_a * d.patch_size**2)
         self.final_v = FinalLayer(dim, self.video.channels * d.patch_size**2)
         self.final_frames = (
-            FinalLayer(dim, cfg.autoencoder.frame_channels * s_v * s_v)
-            if self.video.num_frames
-            else None
+            FinalLayer(dim, d.frame_channels * s_v * s_v) if self.video.num_frames else None
         )
         self.long = d.long
         if d.long:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +27,6 @@ from diffusers import UNet2DConditionModel
 from einops import rearrange
 from torch import nn
 
-from mmldm.checkpoint import CheckpointError, load_weights
-from mmldm.config import Config
 from mmldm.models.blocks import Downsample, ResBlock, group_norm, sinusoidal_embedding, zero_module
 
 log = logging.getLogger(__name__)
@@ -37,14 +34,41 @@ log = logging.getLogger(__name__)
 MODALITIES = ("audio", "video")
 
 
-def build_unet(cfg: Config, gradient_checkpointing: bool = False) -> UNet2DConditionModel:
+@dataclass(frozen=True)
+class SignalDecoderConfig:
+    """Everything the signal decoder needs (the experiment config composes it:
+    ``Config.decoder_network``)."""
+
+    vae_channels: int  # channels of the VAE latents it denoises
+    vae_size: int  # R: VAE latents are vae_channels x R x R
+    z_channels: int  # C of z_a and z_v
+    audio_size: int  # z_a is C x audio_size x audio_size
+    video_size: int  # z_v is C x video_size x video_size
+    semantic_dim: int  # channels of s_a, s_v (read as tokens)
+    num_frames: int  # F: the frame index enters as i / F
+    key_frames: tuple[int, ...]
+    frame_channels: int  # > 0: z_v's last len(key_frames) * N channels are per key frame
+    frame_index_scale: float  # i / F is scaled before its sinusoid (design §8.4)
+    block_out_channels: tuple[int, ...]  # Stable Diffusion 1.x
+    layers_per_block: int
+    attention_heads: int
+    cross_attention_dim: int
+    num_modality_tokens: int
+    shared: bool  # one UNet for both modalities (paper) or one each
+    content_feature: bool  # pooled z added to the time embedding
+    num_classes: int  # > 0: a class embedding in the cross-attention context
+
+
+def build_unet(
+    config: SignalDecoderConfig, gradient_checkpointing: bool = False
+) -> UNet2DConditionModel:
     """The Stable Diffusion 1.x UNet layout at the configured widths."""
-    d = cfg.decoder
+    d = config
     n = len(d.block_out_channels)
     unet = UNet2DConditionModel(
-        sample_size=cfg.vae_latent_size,
-        in_channels=cfg.vae.latent_channels,
-        out_channels=cfg.vae.latent_channels,
+        sample_size=d.vae_size,
+        in_channels=d.vae_channels,
+        out_channels=d.vae_channels,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
         block_out_channels=tuple(d.block_out_channels),
@@ -59,25 +83,12 @@ def build_unet(cfg: Config, gradient_checkpointing: bool = False) -> UNet2DCondi
     return unet
 
 
-def load_pretrained_unet(unet: UNet2DConditionModel, path: str | Path) -> None:
-    """Copy Stable Diffusion 1.x UNet weights from a local diffusers folder into ``unet``."""
-    path = Path(path)
-    folder = path / "unet" if (path / "unet" / "config.json").is_file() else path
-    if not (folder / "config.json").is_file():
-        raise CheckpointError(
-            f"{path}: not a diffusers UNet folder (config.json missing); config key "
-            "decoder.pretrained_unet"
-        )
-    pretrained = UNet2DConditionModel.from_pretrained(folder, local_files_only=True)
-    load_weights(unet, pretrained.state_dict(), source=str(folder))
-
-
-def skip_shapes(cfg: Config) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+def skip_shapes(config: SignalDecoderConfig) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """(channels, resolution) of each UNet down-block residual, and of the mid block."""
-    boc, res = cfg.decoder.block_out_channels, cfg.vae_latent_size
+    boc, res = config.block_out_channels, config.vae_size
     shapes = [(boc[0], res)]  # conv_in
     for b, ch in enumerate(boc):
-        shapes += [(ch, res)] * cfg.decoder.layers_per_block
+        shapes += [(ch, res)] * config.layers_per_block
         if b < len(boc) - 1:
             res //= 2
             shapes.append((ch, res))  # downsampler
@@ -124,15 +135,16 @@ class ConditionBranch(nn.Module):
     to z: the frame's own spatial layout enters the UNet directly.
     """
 
-    def __init__(self, cfg: Config, latent_size: int, frame_aware: bool) -> None:
+    def __init__(self, config: SignalDecoderConfig, latent_size: int, frame_aware: bool) -> None:
         super().__init__()
-        d, ae = cfg.decoder, cfg.autoencoder
-        self.scale = cfg.vae_latent_size // latent_size
+        d = config
+        self.scale = d.vae_size // latent_size
         self.frame_index_scale = d.frame_index_scale
-        self.frame_channels = ae.frame_channels if frame_aware else 0
-        self.num_groups = len(ae.key_frames)
-        # key frames in units of index / F; a tuple, not a buffer: see key_positions()
-        self.key_fractions = tuple(k / cfg.data.num_frames for k in ae.key_frames)
+        self.frame_channels = d.frame_channels if frame_aware else 0
+        self.num_groups = len(d.key_frames)
+        # key frames in units of index / F; a tuple, not a buffer, so that a model built on the
+        # meta device has them too
+        self.key_fractions = tuple(k / d.num_frames for k in d.key_frames)
         widths = [max(8, c // 2) for c in d.block_out_channels]  # a half-width encoder per scale
         emb_dim = 4 * widths[0] if frame_aware else None
         self.index_embed = (
@@ -140,7 +152,7 @@ class ConditionBranch(nn.Module):
             if frame_aware
             else None
         )
-        self.stem = nn.Conv2d(ae.latent_channels + self.frame_channels, widths[0], 3, padding=1)
+        self.stem = nn.Conv2d(d.z_channels + self.frame_channels, widths[0], 3, padding=1)
         self.levels = nn.ModuleList()
         self.downs = nn.ModuleList()
         ch = widths[0]
@@ -148,8 +160,8 @@ class ConditionBranch(nn.Module):
             self.levels.append(ResBlock(ch, width, emb_dim))
             ch = width
             self.downs.append(Downsample(ch) if i < len(widths) - 1 else nn.Identity())
-        shapes, (mid_ch, _) = skip_shapes(cfg)
-        resolutions = [cfg.vae_latent_size // 2**i for i in range(len(widths))]
+        shapes, (mid_ch, _) = skip_shapes(d)
+        resolutions = [d.vae_size // 2**i for i in range(len(widths))]
         self.skip_level = [resolutions.index(r) for _, r in shapes]
         self.skip_convs = nn.ModuleList(
             zero_module(nn.Conv2d(widths[lvl], c, 1))
@@ -160,7 +172,7 @@ class ConditionBranch(nn.Module):
         time_dim = 4 * d.block_out_channels[0]  # diffusers' time_embed_dim
         self.content = (
             nn.Sequential(
-                nn.Linear(ae.latent_channels, time_dim),
+                nn.Linear(d.z_channels, time_dim),
                 nn.SiLU(),
                 zero_module(nn.Linear(time_dim, time_dim)),
             )
@@ -171,7 +183,7 @@ class ConditionBranch(nn.Module):
         n_tokens = d.num_modality_tokens
         self.tokens = nn.Parameter(torch.randn(n_tokens, dim) * 0.02)
         self.semantic = nn.Sequential(
-            nn.Linear(ae.semantic_dim, dim), nn.SiLU(), zero_module(nn.Linear(dim, dim))
+            nn.Linear(d.semantic_dim, dim), nn.SiLU(), zero_module(nn.Linear(dim, dim))
         )
 
     def forward(
@@ -225,30 +237,27 @@ class ConditionBranch(nn.Module):
 
 
 class SignalDecoder(nn.Module):
-    """Noise prediction for frames and audio images, shared (paper) or one UNet per modality."""
+    """The prediction (eps or v) for noisy VAE latents of frames and audio images; one UNet
+    shared by both modalities (paper) or one each."""
 
-    def __init__(self, cfg: Config, gradient_checkpointing: bool = False) -> None:
+    def __init__(self, config: SignalDecoderConfig, gradient_checkpointing: bool = False) -> None:
         super().__init__()
-        self.shared = cfg.decoder.shared
+        self.config = d = config
+        self.shared = d.shared
         unets = (
-            {"shared": build_unet(cfg, gradient_checkpointing)}
+            {"shared": build_unet(d, gradient_checkpointing)}
             if self.shared
-            else {m: build_unet(cfg, gradient_checkpointing) for m in MODALITIES}
+            else {m: build_unet(d, gradient_checkpointing) for m in MODALITIES}
         )
         self.unets = nn.ModuleDict(unets)
-        _, video_size, _ = cfg.video_latent_shape
-        _, audio_size, _ = cfg.audio_latent_shape
         self.branches = nn.ModuleDict(
             {
-                "audio": ConditionBranch(cfg, audio_size, frame_aware=False),
-                "video": ConditionBranch(cfg, video_size, frame_aware=True),
+                "audio": ConditionBranch(d, d.audio_size, frame_aware=False),
+                "video": ConditionBranch(d, d.video_size, frame_aware=True),
             }
         )
-        # class-conditional only with a classifier: it names the class at generation time
-        labelled = cfg.autoencoder.cl_weight > 0 and cfg.decoder.class_embedding
-        num_classes = cfg.data.num_classes if labelled else 0
         self.class_embed = (
-            nn.Embedding(num_classes, cfg.decoder.cross_attention_dim) if num_classes else None
+            nn.Embedding(d.num_classes, d.cross_attention_dim) if d.num_classes else None
         )
 
     def unet(self, modality: str) -> UNet2DConditionModel:
@@ -273,7 +282,7 @@ class SignalDecoder(nn.Module):
     def predict(
         self, modality: str, x_t: torch.Tensor, t: torch.Tensor, cond: DecoderCondition
     ) -> torch.Tensor:
-        """eps prediction ``[N, 4, R, R]`` for noisy VAE latents ``x_t`` at timesteps ``t``."""
+        """The prediction ``[N, 4, R, R]`` (eps or v) for noisy VAE latents ``x_t`` at ``t``."""
         return self.unet(modality)(
             x_t,
             t,

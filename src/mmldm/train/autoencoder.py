@@ -18,25 +18,22 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
 from torch import nn
 
+from mmldm.checkpoint import CheckpointError, load_weights
+from mmldm.codec import Codec, VAEInputs, VAELatentCache, adopt_vae_scaling, load_vae, vae_inputs
 from mmldm.config import Config
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod, predict_x0, training_target
-from mmldm.models.autoencoder import (
-    MultiModalAutoencoder,
-    VAEInputs,
-    VAELatentCache,
-    vae_inputs,
-)
+from mmldm.models.autoencoder import MultiModalAutoencoder
 from mmldm.models.discriminator import (
     TripletDiscriminator,
     hinge_d_loss,
     hinge_g_loss,
     make_triplets,
 )
-from mmldm.models.signal_decoder import load_pretrained_unet
-from mmldm.models.vae import adopt_vae_scaling, load_vae
 from mmldm.models.vae import decode as vae_decode
+from mmldm.networks import autoencoder_config, discriminator_config
 from mmldm.train.common import (
     TrainingLoop,
     make_accelerator,
@@ -64,6 +61,19 @@ class GanInputs:
         return make_triplets(
             self.audio, self.frames[:, 0], self.frames[:, 1], a_hat, v_hat[:, 0], v_hat[:, 1]
         )
+
+
+def load_pretrained_unet(unet: UNet2DConditionModel, path: str | Path) -> None:
+    """Copy Stable Diffusion 1.x UNet weights from a local diffusers folder into ``unet``."""
+    path = Path(path)
+    folder = path / "unet" if (path / "unet" / "config.json").is_file() else path
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(
+            f"{path}: not a diffusers UNet folder (config.json missing); config key "
+            "decoder.pretrained_unet"
+        )
+    pretrained = UNet2DConditionModel.from_pretrained(folder, local_files_only=True)
+    load_weights(unet, pretrained.state_dict(), source=str(folder))
 
 
 def autoencoder_loss(
@@ -190,30 +200,20 @@ class Objective(nn.Module):
 
 @torch.no_grad()
 def write_reconstructions(
-    model: MultiModalAutoencoder,
-    vae,
-    video: torch.Tensor,
-    audio: torch.Tensor,
-    folder: Path,
-    num: int = 2,
+    codec: Codec, video: torch.Tensor, audio: torch.Tensor, folder: Path, num: int = 2
 ) -> None:
     """Encode and decode a few clips of the batch: mp4s with sound and a PNG grid (rows:
     original frames + audio image, then their reconstructions)."""
-    from mmldm.audio.vocoder import load_vocoder_from_config
+    from mmldm.audio.mel import audio_image
     from mmldm.data.media import write_video
-    from mmldm.decode import decode_latents, encode_clips
     from mmldm.viz import save_grid
 
-    cfg = model.cfg
+    cfg, model = codec.cfg, codec.autoencoder
     was_training = model.training
     model.eval()
     video, audio = video[:num].float(), audio[:num].float()
-    vocoder = load_vocoder_from_config(cfg).to(video.device)
-    z_a, z_v = encode_clips(model, vae, video, audio)
-    out = decode_latents(
-        model, vae, vocoder, z_a, z_v, generator=torch.Generator(video.device).manual_seed(0)
-    )
-    from mmldm.audio.mel import audio_image
+    z_a, z_v = codec.encode(video, audio)
+    out = codec.decode(z_a, z_v, generator=torch.Generator(video.device).manual_seed(0))
 
     audio_images = audio_image(audio, cfg.data)  # the originals' (no second VAE pass)
     rows, labels = [], []
@@ -264,13 +264,15 @@ def train_autoencoder(
     dataset = training_dataset(data, cfg, cache_dir, accelerator)
     vae = load_vae(cfg.vae).to(accelerator.device).eval().requires_grad_(False)
     cfg = adopt_vae_scaling(cfg, vae)  # stored in every checkpoint: sampling rebuilds the VAE
-    model = MultiModalAutoencoder(cfg, cfg.train.gradient_checkpointing)
+    model = MultiModalAutoencoder(autoencoder_config(cfg), cfg.train.gradient_checkpointing)
     if cfg.decoder.pretrained_unet and not resume:  # the paper starts from SD 1.x's UNet
         for unet in model.decoder.unets.values():
             load_pretrained_unet(unet, cfg.decoder.pretrained_unet)
     objective = Objective(model, cfg)
     opt = make_optimizer(model.parameters(), stage)
-    disc = TripletDiscriminator(cfg.discriminator) if cfg.autoencoder.gan_weight > 0 else None
+    disc = (
+        TripletDiscriminator(discriminator_config(cfg)) if cfg.autoencoder.gan_weight > 0 else None
+    )
     modules: dict[str, nn.Module] = {"autoencoder": model, "vae": vae}
     optimizers: dict[str, torch.optim.Optimizer] = {}
     objective, opt, disc, disc_opt = prepare_with_discriminator(
@@ -311,8 +313,7 @@ def train_autoencoder(
         loop.end_step(logs)
         if loop.due(cfg.train.sample_every):
             if accelerator.is_main_process:
-                write_reconstructions(
-                    model, vae, video, audio, run / "samples" / f"step_{loop.step:08d}"
-                )
+                folder = run / "samples" / f"step_{loop.step:08d}"
+                write_reconstructions(Codec(cfg, model, vae), video, audio, folder)
             accelerator.wait_for_everyone()
     return loop.close()

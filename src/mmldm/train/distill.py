@@ -36,15 +36,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmldm.checkpoint import CheckpointError, read_metadata, resolve_checkpoint
+from mmldm.codec import (
+    Codec,
+    VAEInputs,
+    VAELatentCache,
+    decoder_denoiser,
+    decoder_noise,
+    run_decoder_sampler,
+)
 from mmldm.config import Config, ConfigError, load_config, override_config
-from mmldm.decode import decoder_denoiser, decoder_noise, load_autoencoder, run_decoder_sampler
 from mmldm.diffusion.sampling import few_step_sample, few_step_timesteps
 from mmldm.diffusion.schedule import alphas_cumprod
-from mmldm.models.autoencoder import MultiModalAutoencoder, VAEInputs, VAELatentCache
+from mmldm.models.autoencoder import MultiModalAutoencoder
 from mmldm.models.signal_decoder import SignalDecoder
 from mmldm.models.vae import TinyVAEDecoder
 from mmldm.models.vae import decode as vae_decode
 from mmldm.models.vae import encode as vae_encode
+from mmldm.networks import tiny_vae_decoder_config
 from mmldm.train.autoencoder import batch_inputs, write_reconstructions
 from mmldm.train.common import TrainingLoop, make_accelerator, make_optimizer, training_dataset
 
@@ -90,7 +98,7 @@ def distill_loss(
 
     Args:
         inputs: ``distill.target_frames`` frames per clip (+ the audio image), from
-            :func:`mmldm.models.autoencoder.vae_inputs`.
+            :func:`mmldm.codec.vae_inputs`.
     Returns:
         (loss, logged terms): MSE in VAE latent space, audio and video apart.
     """
@@ -153,12 +161,12 @@ def _write_previews(part, teacher, student, cfg: Config, vae, batch, folder: Pat
     """Reconstructions of a few clips of the batch decoded by the student: mp4s + a grid (the
     signal decoder), or a grid of KL-VAE vs tiny decoder images of their latents (the VAE)."""
     if part == "signal":
-        own_decoder, own_cfg = teacher.decoder, teacher.cfg
-        teacher.decoder, teacher.cfg = student, cfg  # the teacher's encoders, the student's
+        own_decoder = teacher.decoder
+        teacher.decoder = student  # the teacher's encoders, the student's decoder and settings
         try:
-            write_reconstructions(teacher, vae, batch["video"], batch["audio"], folder)
+            write_reconstructions(Codec(cfg, teacher, vae), batch["video"], batch["audio"], folder)
         finally:
-            teacher.decoder, teacher.cfg = own_decoder, own_cfg
+            teacher.decoder = own_decoder
             student.train()
         return
     from mmldm.viz import save_grid
@@ -195,7 +203,8 @@ def distill_decoder(
     run = Path(run)
     fingerprint = autoencoder_fingerprint(autoencoder)
     # read once, on the CPU until the device is known; its config is the run's base
-    teacher, vae, teacher_cfg = load_autoencoder(autoencoder)
+    codec = Codec.load(autoencoder)
+    teacher, vae, teacher_cfg = codec.autoencoder, codec.vae, codec.cfg
     if resume:
         if overrides:
             raise ValueError("--resume continues a run with its own config: drop --set")
@@ -221,7 +230,7 @@ def distill_decoder(
                 unet.enable_gradient_checkpointing()
         objective = Objective(student, lambda s, x: distill_loss(s, teacher, x, cfg))
     else:
-        student = TinyVAEDecoder(cfg).to(accelerator.device)
+        student = TinyVAEDecoder(**tiny_vae_decoder_config(cfg)).to(accelerator.device)
         objective = Objective(student, lambda s, x: distill_vae_loss(s, vae, x))
     opt = make_optimizer(student.parameters(), stage)
     objective, opt = accelerator.prepare(objective, opt)

@@ -23,6 +23,7 @@ from mmldm.config import Config
 from mmldm.data.latents import LatentCacheError, LatentDataset
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod, training_target
 from mmldm.models.dit import DiTInputs, MultiModalDiT
+from mmldm.networks import dit_config
 from mmldm.train.common import TrainingLoop, ema_update, make_accelerator, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def train_generator(
             f"{latents}: no clip has a cached predecessor; long training needs consecutive "
             "clips (data.clip_stride = data.num_frames and videos longer than one clip)"
         )
-    model = MultiModalDiT(cfg)
+    model = MultiModalDiT(dit_config(cfg))
     ema = copy.deepcopy(model).requires_grad_(False) if stage.ema_decay > 0 else None
     opt = make_optimizer(model.parameters(), stage)
     model, opt = accelerator.prepare(model, opt)
@@ -156,26 +157,24 @@ class TrainingSamples:
 
     def __init__(self, cfg: Config, dataset: LatentDataset, num: int = 2) -> None:
         self.cfg, self.dataset, self.num = cfg, dataset, num
-        self.parts = None
+        self.codec = None  # loaded at the first samples; False: not there
 
     def write(self, dit: MultiModalDiT, folder: Path) -> None:
-        from mmldm.audio.vocoder import load_vocoder_from_config
-        from mmldm.decode import load_autoencoder
+        from mmldm.codec import Codec
         from mmldm.pipeline import MMLDMPipeline
 
-        if self.parts is None:
+        if self.codec is None:
             path = Path(self.dataset.meta["autoencoder"])
             if not path.exists():
                 log.warning("no samples: the autoencoder %s is not there", path)
-                self.parts = ()
+                self.codec = False
                 return
-            model, vae, ae_cfg = load_autoencoder(path, device=dit.eos_a.device)
-            self.parts = (model, vae, load_vocoder_from_config(ae_cfg).to(dit.eos_a.device))
-        if not self.parts:
+            self.codec = Codec.load(path, device=dit.eos_a.device)
+        if not self.codec:
             return
         was_training = dit.training
         dit.eval()
-        pipe = MMLDMPipeline(dit, self.dataset.stats, *self.parts, self.cfg)
+        pipe = MMLDMPipeline(dit, self.dataset.stats, self.codec, self.cfg)
         pipe.save(pipe.generate("svg", self.num, seed=0), folder)
         dit.train(was_training)
         log.info("wrote generator samples to %s", folder)

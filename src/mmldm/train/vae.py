@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmldm.audio.mel import audio_image
+from mmldm.codec import adopt_vae_scaling, load_vae
 from mmldm.config import Config
 from mmldm.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
-from mmldm.models.vae import adopt_vae_scaling, load_vae
 from mmldm.train.common import (
     TrainingLoop,
     make_accelerator,
