@@ -201,7 +201,10 @@ def test_positions_in_dits_layout():
 
 @pytest.mark.parametrize(
     "overrides",
-    [["dit.long=true"], ["autoencoder.frame_channels=1", "dit.frame_tokens=true"]],
+    [
+        ["dit.long=true"],
+        ["autoencoder.latent_channels=6", "autoencoder.frame_channels=1", "dit.frame_tokens=true"],
+    ],
 )
 def test_model_built_on_the_meta_device_runs_like_one_built_on_the_cpu(overrides):
     cfg = load_config("tiny", overrides)

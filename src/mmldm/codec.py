@@ -35,7 +35,7 @@ from mmldm.checkpoint import (
 )
 from mmldm.config import Config, VAEConfig
 from mmldm.diffusion.sampling import (
-    EpsFn,
+    ModelFn,
     few_step_sample,
     few_step_timesteps,
     guided,
@@ -332,8 +332,8 @@ def decoder_denoiser(
     frame_index: torch.Tensor,
     guidance_audio: float = 1.0,
     guidance_video: float = 1.0,
-) -> EpsFn:
-    """The signal decoder as one ``eps_fn(x, t)`` over B audio latents followed by B*n frame
+) -> ModelFn:
+    """The signal decoder as one ``model_fn(x, t)`` over B audio latents followed by B*n frame
     latents (one UNet batch), with classifier-free guidance per modality (eq. 9) when a scale
     is not 1: the conditional and null rows then share that batch too.
 
@@ -365,7 +365,7 @@ def decoder_denoiser(
         cond_a = DecoderCondition.cat([cond_a, null_a])
         cond_v = DecoderCondition.cat([cond_v, null_v])
 
-    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         xa, xv, ta, tv = x[:b], x[b:], t[:b], t[b:]
         if not guide:
             return torch.cat(decoder.predict_both(xa, ta, cond_a, xv, tv, cond_v))
@@ -375,7 +375,7 @@ def decoder_denoiser(
         ea, ev = guided(*ea.chunk(2), guidance_audio), guided(*ev.chunk(2), guidance_video)
         return torch.cat([ea, ev])
 
-    return eps_fn
+    return model_fn
 
 
 def decoder_noise(
@@ -397,7 +397,7 @@ def decoder_noise(
 
 
 def run_decoder_sampler(
-    eps_fn: EpsFn,
+    model_fn: ModelFn,
     x_T: torch.Tensor,
     cfg: Config,
     sampler: str,
@@ -411,10 +411,10 @@ def run_decoder_sampler(
     if sampler == "few_step":
         times = few_step_timesteps(steps, cfg.diffusion.num_train_timesteps)
         abar = alphas_cumprod(cfg.diffusion)
-        return few_step_sample(eps_fn, x_T, times, abar, cfg.diffusion.prediction_type)
+        return few_step_sample(model_fn, x_T, times, abar, cfg.diffusion.prediction_type)
     scheduler = make_sampler(cfg.diffusion, sampler)
     return sample_loop(
-        eps_fn, x_T, scheduler, steps, eta=cfg.sample.eta, generator=generator, desc=desc
+        model_fn, x_T, scheduler, steps, eta=cfg.sample.eta, generator=generator, desc=desc
     )
 
 
@@ -583,12 +583,12 @@ class Codec:
         if labels is None:
             labels = model.predict_class(s_a, s_v)
         frame_index = torch.arange(f, device=z_a.device).repeat(b, 1)  # [B, F]: every frame
-        eps_fn = decoder_denoiser(
+        model_fn = decoder_denoiser(
             model.decoder, cfg, z_a, z_v, s_a, s_v, labels, frame_index, g_a, g_v
         )
         x_T = decoder_noise(cfg, b, f, generator=generator, device=z_a.device, dtype=z_a.dtype)
         sampler = sampler or sc.decoder_sampler
-        x0 = run_decoder_sampler(eps_fn, x_T, cfg, sampler, steps, generator=generator, desc=desc)
+        x0 = run_decoder_sampler(model_fn, x_T, cfg, sampler, steps, generator=generator, desc=desc)
         vae = self.decoding_vae
         images = torch.cat([vae_decode(vae, chunk) for chunk in x0.split(vae_batch)]).clamp(-1, 1)
         image, frames = images[:b], images[b:].unflatten(0, (b, f))

@@ -166,7 +166,7 @@ class MMLDMPipeline:
             null_labels = torch.full_like(labels, d.num_classes)
         fixed_a, fixed_v = split(fixed_noise)
 
-        def eps_fn(flat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def model_fn(flat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             z_a, z_v = split(flat)
             if cond_a is not None:  # the given audio, noised to this step (sec. 3.3)
                 z_a = add_noise(cond_a, fixed_a, t, abar)
@@ -182,7 +182,7 @@ class MMLDMPipeline:
                 prev_a=prev_a,
                 prev_v=prev_v,
             )
-            eps_a, eps_v = d(inp)
+            out_a, out_v = d(inp)
             conditioned = cond_a is not None or cond_v is not None or labels is not None
             if conditioned and (g_a != 1.0 or g_v != 1.0):
                 null = DiTInputs(
@@ -196,11 +196,13 @@ class MMLDMPipeline:
                     prev_v=prev_v,
                 )
                 na, nv = d(null)
-                eps_a, eps_v = guided(eps_a, na, g_a), guided(eps_v, nv, g_v)
-            return torch.cat([eps_a.flatten(1), eps_v.flatten(1)], dim=1)
+                out_a, out_v = guided(out_a, na, g_a), guided(out_v, nv, g_v)
+            return torch.cat([out_a.flatten(1), out_v.flatten(1)], dim=1)
 
         scheduler = make_sampler(self.cfg.diffusion, sampler or sc.sampler)
-        out = sample_loop(eps_fn, x, scheduler, steps or sc.steps, eta=sc.eta, generator=generator)
+        out = sample_loop(
+            model_fn, x, scheduler, steps or sc.steps, eta=sc.eta, generator=generator
+        )
         z_a, z_v = split(out)
         return (cond_a if cond_a is not None else z_a), (cond_v if cond_v is not None else z_v)
 

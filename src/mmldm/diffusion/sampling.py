@@ -1,9 +1,10 @@
 """Sampling loops: plain functions with the loop in sight (k-diffusion / flux style).
 
-``eps_fn(x_t, t) -> eps`` is the model (guidance included by the caller); the scheduler is a
-diffusers scheduler from :func:`mmldm.diffusion.schedule.make_sampler`, so DDIM and DPM-Solver
-share this loop. With ``diffusion.prediction_type = v_prediction`` the model returns v instead of
-eps; the scheduler is built with the same type, and guidance, being linear, applies unchanged.
+``model_fn(x_t, t) -> prediction`` is the model (guidance included by the caller): eps, or v
+with ``diffusion.prediction_type = v_prediction``; every name here holds for both. The scheduler
+is a diffusers scheduler from :func:`mmldm.diffusion.schedule.make_sampler`, built with the same
+prediction type, so DDIM and DPM-Solver share this loop; guidance, being linear, applies to
+either unchanged.
 """
 
 from __future__ import annotations
@@ -15,18 +16,19 @@ import torch
 from mmldm.console import progress
 from mmldm.diffusion.schedule import predict_x0
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (x_t [N, ...], t [N] long) -> the model's prediction (eps or v) [N, ...]
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def guided(eps_cond: torch.Tensor, eps_null: torch.Tensor, scale: float) -> torch.Tensor:
+def guided(cond: torch.Tensor, null: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance, the paper's eq. 9 read as in docs/design.md §8.6:
-    eps = phi * eps(cond) - (phi - 1) * eps(null); phi = 1 is the plain conditional model."""
-    return eps_null + scale * (eps_cond - eps_null)
+    out = phi * out(cond) - (phi - 1) * out(null); phi = 1 is the plain conditional model."""
+    return null + scale * (cond - null)
 
 
 @torch.no_grad()
 def sample_loop(
-    eps_fn: EpsFn,
+    model_fn: ModelFn,
     x_T: torch.Tensor,
     scheduler,
     steps: int,
@@ -38,7 +40,7 @@ def sample_loop(
     """Run ``steps`` denoising steps from pure noise ``x_T`` and return x_0.
 
     Args:
-        eps_fn: ``(x_t [N, ...], t [N] long) -> eps [N, ...]``.
+        model_fn: ``(x_t [N, ...], t [N] long) -> prediction [N, ...]`` (eps or v).
         eta: DDIM stochasticity (0: deterministic, the paper's setting); ignored by DPM-Solver.
     """
     scheduler.set_timesteps(steps, device=x_T.device)
@@ -49,8 +51,8 @@ def sample_loop(
         timesteps = progress(timesteps, desc=desc, leave=False)
     for t in timesteps:
         t_batch = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
-        eps = eps_fn(scheduler.scale_model_input(x, t), t_batch)
-        x = scheduler.step(eps, t, x, **kwargs).prev_sample
+        out = model_fn(scheduler.scale_model_input(x, t), t_batch)
+        x = scheduler.step(out, t, x, **kwargs).prev_sample
     return x
 
 
@@ -67,7 +69,7 @@ def few_step_timesteps(steps: int, num_train_timesteps: int) -> list[int]:
 
 
 def few_step_sample(
-    model_fn: EpsFn,
+    model_fn: ModelFn,
     x_T: torch.Tensor,
     timesteps: list[int],
     abar: torch.Tensor,
