@@ -31,8 +31,8 @@ from common import RESULTS_DIR, format_table, machine_info, write_json
 
 from mmldm.audio.mel import mel_spectrogram
 from mmldm.data.media import read_media
-from mmldm.demo import NUM_TEST_CLIPS, SCORED_TASKS, evaluate_demo, make_samples
 from mmldm.pipeline import MMLDMPipeline
+from mmldm.synthetic.demo import NUM_TEST_CLIPS, SCORED_TASKS, evaluate_demo, make_samples
 
 log = logging.getLogger("decoders")
 

@@ -13,8 +13,8 @@ from mmldm.cli import main
 from mmldm.codec import Codec, vae_inputs
 from mmldm.config import ConfigError, load_config
 from mmldm.data.media import probe
-from mmldm.data.synthetic import synthesize_dataset
 from mmldm.networks import tiny_vae_decoder_config
+from mmldm.synthetic.families import synthesize_dataset
 from mmldm.train.distill import distill_config, distill_loss
 
 TINY = ["--config", "tiny", "-q"]

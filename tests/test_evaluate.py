@@ -11,9 +11,9 @@ import pytest
 from mmldm.cli import main
 from mmldm.config import load_config
 from mmldm.data.dataset import SoundingVideoDataset
-from mmldm.data.synthetic import synthesize_dataset
-from mmldm.evaluate import evaluate, format_report
-from mmldm.metrics.synthetic_scores import (
+from mmldm.metrics.evaluate import evaluate, format_report
+from mmldm.synthetic.families import synthesize_dataset
+from mmldm.synthetic.scores import (
     Detections,
     detect_sample,
     label_from_path,

@@ -11,8 +11,8 @@ import pytest
 
 from mmldm.config import load_config
 from mmldm.data.media import read_media, write_video
-from mmldm.data.synthetic import synthesize_dataset
-from mmldm.demo import SAMPLE_PLAN, write_gallery
+from mmldm.synthetic.demo import SAMPLE_PLAN, write_gallery
+from mmldm.synthetic.families import synthesize_dataset
 
 SILENT_TASKS = ("video", "video-continuation")
 

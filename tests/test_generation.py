@@ -11,8 +11,8 @@ from mmldm.cli import main
 from mmldm.config import load_config
 from mmldm.data.latents import LatentCacheError, LatentDataset, shard_name
 from mmldm.data.media import probe, read_media
-from mmldm.data.synthetic import synthesize_dataset
 from mmldm.pipeline import MMLDMPipeline
+from mmldm.synthetic.families import synthesize_dataset
 
 TINY = ["--config", "tiny", "-q"]
 

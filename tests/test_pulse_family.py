@@ -10,7 +10,8 @@ import pytest
 
 from mmldm.cli import main
 from mmldm.config import load_config
-from mmldm.data.detect import (
+from mmldm.data.media import read_media
+from mmldm.synthetic.detect import (
     detect_audio_class,
     detect_audio_events,
     detect_object_sizes,
@@ -21,9 +22,8 @@ from mmldm.data.detect import (
     detect_video_events,
     match_events,
 )
-from mmldm.data.media import read_media
-from mmldm.data.synthetic import class_table, clip_rng, max_step, synthesize_clip
-from mmldm.data.synthetic_pulse import SWELL, half_side
+from mmldm.synthetic.families import class_table, clip_rng, max_step, synthesize_clip
+from mmldm.synthetic.pulse import SWELL, half_side
 
 DEMO = load_config("demo").data  # K=4, 8 frames at 8 fps, 32x32, 16 kHz
 

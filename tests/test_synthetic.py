@@ -14,7 +14,8 @@ import torch
 
 from mmldm.cli import main
 from mmldm.config import load_config
-from mmldm.data.detect import (
+from mmldm.data.media import read_media
+from mmldm.synthetic.detect import (
     detect_audio_class,
     detect_bounces,
     detect_clicks,
@@ -22,8 +23,7 @@ from mmldm.data.detect import (
     detect_video_class,
     match_events,
 )
-from mmldm.data.media import read_media
-from mmldm.data.synthetic import (
+from mmldm.synthetic.families import (
     ball_radius,
     check_pitches,
     class_table,

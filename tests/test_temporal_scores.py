@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmldm.data.detect import visible_window
-from mmldm.metrics.synthetic_scores import (
+from mmldm.synthetic.detect import visible_window
+from mmldm.synthetic.scores import (
     Detections,
     event_counts,
     f1_from_counts,

@@ -16,7 +16,7 @@ from mmldm.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoi
 from mmldm.cli import main
 from mmldm.config import load_config
 from mmldm.data.media import probe, read_media
-from mmldm.data.synthetic import synthesize_dataset
+from mmldm.synthetic.families import synthesize_dataset
 
 TINY = ["--config", "tiny", "-q"]
 

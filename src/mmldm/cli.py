@@ -23,7 +23,7 @@ from mmldm.config import (
 from mmldm.console import setup_logging
 from mmldm.data.dataset import DatasetError
 from mmldm.data.media import MediaError
-from mmldm.data.synthetic import FAMILIES
+from mmldm.synthetic.families import FAMILIES
 
 log = logging.getLogger("mmldm")
 
@@ -147,7 +147,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_synth_data(args: argparse.Namespace) -> int:
-    from mmldm.data.synthetic import synthesize_dataset
+    from mmldm.synthetic.families import synthesize_dataset
 
     cfg = config_from_args(args)
     paths = synthesize_dataset(
@@ -484,7 +484,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mmldm.demo import run_demo
+    from mmldm.synthetic.demo import run_demo
 
     run_demo(args.out, args.config, args.overrides, family=args.family)
     return 0
@@ -496,7 +496,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mmldm.evaluate import evaluate_command
+    from mmldm.metrics.evaluate import evaluate_command
 
     return evaluate_command(args)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmldm.data.synthetic import check_family, class_table
+from mmldm.synthetic.families import check_family, class_table
 
 _MIN_CONTRAST = 40.0  # 0..255 scale: weaker peaks are noise, not the ball
 _END_GUARD = 0.01  # seconds at the end of a waveform where onsets are ignored
@@ -113,7 +113,7 @@ def detect_video_class(frames, num_classes: int, family: str = "ball") -> int:
 
     Args:
         frames: see the module docstring for the accepted layouts.
-        num_classes: K; classes as in :func:`mmldm.data.synthetic.class_table`.
+        num_classes: K; classes as in :func:`mmldm.synthetic.families.class_table`.
         family: whose class table.
 
     In each frame the pixels whose (smoothed) distance to the background colour exceeds 60%
@@ -210,7 +210,7 @@ def detect_positions(frames) -> np.ndarray:
 
     The strength-weighted centroid (strength above half its peak) in a window around the
     frame's strongest foreground point; a symmetric blur or noise leave it unbiased.
-    Pixel centres are at (j + 0.5, i + 0.5), as in :mod:`mmldm.data.synthetic`.
+    Pixel centres are at (j + 0.5, i + 0.5), as in :mod:`mmldm.synthetic.families`.
     """
     rgb = frames_to_float(frames)
     _, strength = _foreground(rgb)

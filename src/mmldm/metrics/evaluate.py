@@ -27,7 +27,7 @@ are post-processed as in the AudioSet release (PCA, clip to [-2, 2], 8-bit level
 report names. A metric whose weights are missing is listed with the option it needs.
 
 When the data look like ``mmldm synth-data`` output (sidecars or class folders), the
-synthetic-benchmark scores (:mod:`mmldm.metrics.synthetic_scores`) are computed too, for the
+synthetic-benchmark scores (:mod:`mmldm.synthetic.scores`) are computed too, for the
 generated clips, the real ones (ceiling) and shuffled real pairs (chance). Generated clips
 whose JSON record names the clip they were made from (a reconstruction's source, an a2v / v2a
 condition: ``"condition"`` per sample, or the batch's ``{"audio" | "video", "start"}`` as
@@ -57,11 +57,12 @@ from mmldm.console import progress
 from mmldm.data.clips import frames_to_tensor_layout, resize_frames
 from mmldm.data.dataset import VIDEO_EXTENSIONS, DatasetError, SoundingVideoDataset, decode_span
 from mmldm.data.media import MediaError, read_media
-from mmldm.data.synthetic import max_step
 from mmldm.metrics.audioclip import FAD_SCALE, AudioCLIPEmbedder, load_audioclip
 from mmldm.metrics.frechet import FeatureStats, kernel_distance
 from mmldm.metrics.i3d import I3DFeatureExtractor, load_i3d
-from mmldm.metrics.synthetic_scores import (
+from mmldm.metrics.vggish import VGGish, load_vggish
+from mmldm.synthetic.families import max_step
+from mmldm.synthetic.scores import (
     RECONSTRUCTION_SCORES,
     SCORE_NAMES,
     Detections,
@@ -72,7 +73,6 @@ from mmldm.metrics.synthetic_scores import (
     synthetic_family,
     synthetic_scores,
 )
-from mmldm.metrics.vggish import VGGish, load_vggish
 
 log = logging.getLogger(__name__)
 

@@ -86,7 +86,7 @@ def run_demo(
     family: str = "ball",
 ) -> Path:
     """Run every stage into ``out`` on the synthetic ``family``; returns the gallery page."""
-    from mmldm.data.synthetic import synthesize_dataset
+    from mmldm.synthetic.families import synthesize_dataset
 
     out = Path(out)
     cfg = load_config(config, overrides)
@@ -278,8 +278,8 @@ def evaluate_demo(
     (in ``samples``, default ``out/samples``), with the real data's (ceiling) and shuffled
     pairs' (chance), in class and in time."""
     from mmldm.data.media import read_media
-    from mmldm.data.synthetic import max_step
-    from mmldm.metrics.synthetic_scores import (
+    from mmldm.synthetic.families import max_step
+    from mmldm.synthetic.scores import (
         detect_sample,
         read_sidecar,
         reconstruction_scores,
@@ -369,7 +369,7 @@ _METRIC_TEXT = {
 
 
 def _metrics_table(metrics: dict) -> str:
-    from mmldm.data.detect import EVENT_NAMES
+    from mmldm.synthetic.detect import EVENT_NAMES
 
     video_event, audio_event = EVENT_NAMES[metrics.get("family", "ball")]
     rows = []

@@ -1,5 +1,5 @@
 """Scores of sounding videos of the synthetic families, from the detectors of
-:mod:`mmldm.data.detect` (no learnt network involved).
+:mod:`mmldm.synthetic.detect` (no learnt network involved).
 
 For each sample the detectors give the object's class (colour), the tone's class (pitch), the
 object's centre in every frame, and the family's events as seen (ball: wall bounces; pulse:
@@ -12,12 +12,12 @@ swells) and as heard (ball: clicks; pulse: note onsets). Over a set of samples:
 * ``sync_precision``: the share of heard events with a seen event within one frame
   (``1 / fps``, inclusive), ``sync_recall``: the share of seen events with a heard one within
   one frame, ``sync_f1`` their harmonic mean. Events are matched one-to-one per sample
-  (:func:`mmldm.data.detect.match_pairs`) and counts are summed over samples (micro average),
+  (:func:`mmldm.synthetic.detect.match_pairs`) and counts are summed over samples (micro average),
   so samples without events do not inflate the scores. An unmatched event counts only inside
-  the family's visible window (:func:`mmldm.data.detect.visible_window`): a bounce in the
+  the family's visible window (:func:`mmldm.synthetic.detect.visible_window`): a bounce in the
   first or last frame interval is heard but cannot be seen, in real data too;
 * ``path_consistency``: the share of frame-to-frame steps of the object's centre no longer
-  than the family's fastest motion + 2 px (:func:`mmldm.data.synthetic.max_step`): 1 for
+  than the family's fastest motion + 2 px (:func:`mmldm.synthetic.families.max_step`): 1 for
   objects that move along a path, low for ones that jump to unrelated places.
 
 Reference values: the same scores of real data are the ceiling, and those of shuffled pairs
@@ -32,7 +32,7 @@ of frames whose object centre is within 2 px of the source's, for the encoder's 
 the frames between them apart, and how well the events of each modality are kept.
 
 Where a sample's class comes from (:func:`label_from_path`): a sidecar ``<name>.json`` with
-a ``class_index`` key (as :func:`mmldm.data.synthetic.synthesize_dataset` writes), else the
+a ``class_index`` key (as :func:`mmldm.synthetic.families.synthesize_dataset` writes), else the
 folder name ``<class>/<name>.mp4`` (``00_red``, ... as in :func:`class_table`).
 """
 
@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmldm.data.detect import (
+from mmldm.synthetic.detect import (
     detect_audio_class,
     detect_audio_events,
     detect_positions,
@@ -56,7 +56,7 @@ from mmldm.data.detect import (
     match_pairs,
     visible_window,
 )
-from mmldm.data.synthetic import FAMILIES, class_table, max_classes
+from mmldm.synthetic.families import FAMILIES, class_table, max_classes
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def detect_sample(
 
     Args:
         frames: ``[T, 3, H, W]`` float in [-1, 1], ``[T, H, W, 3]`` uint8, ... (any layout of
-            :mod:`mmldm.data.detect`).
+            :mod:`mmldm.synthetic.detect`).
         audio: float ``[N]`` mono in [-1, 1] at ``sample_rate``.
         fps: frame rate of ``frames``; num_classes: K of the synthetic family ``family``.
         label: the class the sample was conditioned on / its true class, if known.

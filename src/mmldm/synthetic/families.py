@@ -3,7 +3,7 @@
 Two families share the machinery here (class tables, the clip record, the dataset writer):
 
 * ``ball`` (this module, the demo's): a ball bouncing off the walls, a click at every bounce;
-* ``pulse`` (:mod:`mmldm.data.synthetic_pulse`): a square orbiting the centre that swells at
+* ``pulse`` (:mod:`mmldm.synthetic.pulse`): a square orbiting the centre that swells at
   every plucked note. Its shapes, motion, event kind, colours and pitches differ from the ball
   set's, so that settings chosen on one family can be checked on the other.
 
@@ -22,7 +22,7 @@ Layout written by :func:`synthesize_dataset` (any family)::
 
 Geometry: pixel (row i, column j) covers [j, j+1) x [i, i+1); its centre is (j + 0.5, i + 0.5).
 Positions are (x, y) in pixels, y pointing down. Frame t shows time t / fps.
-:mod:`mmldm.data.detect` recovers all of this from decoded frames and waveforms.
+:mod:`mmldm.synthetic.detect` recovers all of this from decoded frames and waveforms.
 """
 
 from __future__ import annotations
@@ -297,10 +297,10 @@ def synthesize_clip(
     family: str = "ball",
 ) -> SyntheticClip:
     """Draw one sounding video of class ``class_index`` from ``family`` (see
-    :func:`ball_clip` and :func:`mmldm.data.synthetic_pulse.pulse_clip` for what each draws)."""
+    :func:`ball_clip` and :func:`mmldm.synthetic.pulse.pulse_clip` for what each draws)."""
     check_family(family)
     if family == "pulse":
-        from mmldm.data.synthetic_pulse import pulse_clip  # it builds on this module
+        from mmldm.synthetic.pulse import pulse_clip  # it builds on this module
 
         return pulse_clip(rng, class_index, data, duration)
     return ball_clip(rng, class_index, data, duration)
@@ -316,7 +316,7 @@ def max_step(data: DataConfig, family: str = "ball") -> float:
     """The longest distance (px) the object's centre moves between two frames, by design."""
     check_family(family)
     if family == "pulse":
-        from mmldm.data.synthetic_pulse import pulse_max_step
+        from mmldm.synthetic.pulse import pulse_max_step
 
         return pulse_max_step(data)
     radius = ball_radius(data.resolution)

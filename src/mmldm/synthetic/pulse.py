@@ -1,7 +1,7 @@
 """The ``pulse`` family of synthetic sounding videos: a second, independent benchmark.
 
 It shares nothing with the ball family but the clip record and the dataset writer
-(:mod:`mmldm.data.synthetic`), so that settings chosen on the ball set can be checked here:
+(:mod:`mmldm.synthetic.families`), so that settings chosen on the ball set can be checked here:
 
 * shape: a filled square (half side ``resolution / 10``, at least 2.5 px) on a mid-grey
   background, in one of the family's own hues (orange, azure, chartreuse, rose, ...);
@@ -14,7 +14,7 @@ It shares nothing with the ball family but the clip record and the dataset write
   pitch ``280 * 1.5**k`` Hz; nothing follows the position.
 
 Events are 0.3-0.7 s apart (the first 0.1-0.5 s after the start), about two per second.
-Geometry and time conventions are those of :mod:`mmldm.data.synthetic`.
+Geometry and time conventions are those of :mod:`mmldm.synthetic.families`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from mmldm.config import DataConfig
-from mmldm.data.synthetic import SyntheticClip, check_pitches, class_table
+from mmldm.synthetic.families import SyntheticClip, check_pitches, class_table
 
 BACKGROUND = (96, 96, 96)
 SWELL = 0.7  # the side grows by this fraction at an event
