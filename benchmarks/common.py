@@ -314,8 +314,7 @@ def random_pipeline(
 
     from mmldm.audio.hifigan import HiFiGANConfig, HiFiGANGenerator
     from mmldm.audio.vocoder import Vocoder, check_settings, load_vocoder
-    from mmldm.codec import Codec, build_vae
-    from mmldm.data.latents import LatentStats
+    from mmldm.codec import Codec, LatentStats, build_vae
     from mmldm.models.autoencoder import MultiModalAutoencoder
     from mmldm.models.dit import MultiModalDiT
     from mmldm.networks import autoencoder_config, dit_config

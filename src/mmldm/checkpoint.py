@@ -18,6 +18,7 @@ model, so sampling needs nothing else.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -283,6 +284,21 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if found:
             return found[-1][1] / WEIGHTS_FILE
     raise CheckpointError(f"{path}: no checkpoint in this folder (looked for {WEIGHTS_FILE})")
+
+
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """Identifies a checkpoint (run, folder or weights file) by content: its safetensors
+    header (names, shapes, offsets, the embedded config and step) and the last MiB of its
+    tensor data."""
+    weights = resolve_checkpoint(path)
+    digest = hashlib.sha256()
+    with open(weights, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        digest.update(fh.read(n))
+        size = weights.stat().st_size
+        fh.seek(max(8 + n, size - 2**20))
+        digest.update(fh.read())
+    return digest.hexdigest()[:32]
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -15,6 +15,7 @@ classification head's prediction from (s_a, s_v), as in the paper.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from mmldm.audio.mel import audio_image, audio_image_to_mel
 from mmldm.audio.vocoder import Vocoder, load_vocoder
 from mmldm.checkpoint import (
     CheckpointError,
+    checkpoint_fingerprint,
     load_checkpoint,
     load_state_dict_file,
     load_weights,
@@ -270,6 +272,62 @@ def vae_inputs(
 
 
 # --------------------------------------------------------------------------------------------
+# Latent statistics: the DiT's latents, normalised per channel
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LatentStats:
+    """Normalisation of latents to zero mean, unit variance per channel (docs/design.md §8.3)."""
+
+    a_mean: torch.Tensor  # [C]
+    a_std: torch.Tensor
+    v_mean: torch.Tensor
+    v_std: torch.Tensor
+
+    @classmethod
+    def from_json(cls, path: Path) -> LatentStats:
+        s = json.loads(path.read_text())
+        a, v = s["z_a"], s["z_v"]
+        return cls(
+            *(
+                torch.tensor(x, dtype=torch.float32)
+                for x in (a["mean"], a["std"], v["mean"], v["std"])
+            )
+        )
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, torch.Tensor]) -> LatentStats:
+        return cls(sd["a_mean"], sd["a_std"], sd["v_mean"], sd["v_std"])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            "a_mean": self.a_mean,
+            "a_std": self.a_std,
+            "v_mean": self.v_mean,
+            "v_std": self.v_std,
+        }
+
+    @staticmethod
+    def _view(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return x.to(like.device, like.dtype).view(1, -1, 1, 1)
+
+    def normalize(self, z_a: torch.Tensor, z_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v = self._view
+        return (z_a - v(self.a_mean, z_a)) / v(self.a_std, z_a), (z_v - v(self.v_mean, z_v)) / v(
+            self.v_std, z_v
+        )
+
+    def denormalize(
+        self, z_a: torch.Tensor, z_v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        v = self._view
+        return z_a * v(self.a_std, z_a) + v(self.a_mean, z_a), (
+            z_v * v(self.v_std, z_v) + v(self.v_mean, z_v)
+        )
+
+
+# --------------------------------------------------------------------------------------------
 # The trained autoencoder: loading, encoding, decoding
 # --------------------------------------------------------------------------------------------
 
@@ -292,11 +350,9 @@ def with_decoder_sampling(
 def _distilled_checkpoint(path: str | Path, autoencoder: str | Path):
     """A ``distill`` checkpoint, refused unless distilled from ``autoencoder``: a distilled
     decoder reads the latents of that autoencoder's encoders and VAE."""
-    from mmldm.data.latents import autoencoder_fingerprint
-
     ckpt = load_checkpoint(path, kind="distill")
     expected = ckpt.metadata.get("mmldm.autoencoder_fingerprint")
-    found = autoencoder_fingerprint(autoencoder)
+    found = checkpoint_fingerprint(autoencoder)
     if expected != found:
         raise CheckpointError(
             f"{ckpt.path} was distilled from the decoder of "

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-from mmldm.checkpoint import CheckpointError, load_checkpoint, load_weights
-from mmldm.codec import Codec
+from mmldm.checkpoint import CheckpointError, checkpoint_fingerprint, load_checkpoint, load_weights
+from mmldm.codec import Codec, LatentStats
 from mmldm.config import Config
-from mmldm.data.latents import LatentStats, autoencoder_fingerprint
 from mmldm.diffusion.sampling import guided, sample_loop
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod, make_sampler
 from mmldm.models.dit import DiTInputs, MultiModalDiT
@@ -79,7 +78,7 @@ class MMLDMPipeline:
         ckpt = load_checkpoint(generator, kind="generator")
         cfg = ckpt.config
         expected = ckpt.metadata.get("mmldm.autoencoder_fingerprint")
-        found = autoencoder_fingerprint(autoencoder)
+        found = checkpoint_fingerprint(autoencoder)
         if expected and expected != found and not allow_foreign_autoencoder:
             raise CheckpointError(
                 f"{ckpt.path} was trained on the latents of "

@@ -17,11 +17,9 @@ Latents are posterior means (deterministic), stored in float32.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,7 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
-from mmldm.checkpoint import resolve_checkpoint
+from mmldm.checkpoint import checkpoint_fingerprint
+from mmldm.codec import Codec, LatentStats
 from mmldm.console import progress
 
 log = logging.getLogger(__name__)
@@ -37,20 +36,6 @@ log = logging.getLogger(__name__)
 
 class LatentCacheError(ValueError):
     """A latent cache is missing, incomplete, or belongs to another autoencoder."""
-
-
-def autoencoder_fingerprint(path: str | Path) -> str:
-    """Identifies an autoencoder checkpoint by content: its safetensors header (names, shapes,
-    offsets, the embedded config and step) and the last MiB of its tensor data."""
-    weights = resolve_checkpoint(path)
-    digest = hashlib.sha256()
-    with open(weights, "rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        digest.update(fh.read(n))
-        size = weights.stat().st_size
-        fh.seek(max(8 + n, size - 2**20))
-        digest.update(fh.read())
-    return digest.hexdigest()[:32]
 
 
 def shard_name(k: int) -> str:
@@ -130,57 +115,6 @@ def finalize_stats(out: Path) -> dict:
     return stats
 
 
-@dataclass
-class LatentStats:
-    """Normalisation of latents to zero mean, unit variance per channel (docs/design.md §8.3)."""
-
-    a_mean: torch.Tensor  # [C]
-    a_std: torch.Tensor
-    v_mean: torch.Tensor
-    v_std: torch.Tensor
-
-    @classmethod
-    def from_json(cls, path: Path) -> LatentStats:
-        s = json.loads(path.read_text())
-        a, v = s["z_a"], s["z_v"]
-        return cls(
-            *(
-                torch.tensor(x, dtype=torch.float32)
-                for x in (a["mean"], a["std"], v["mean"], v["std"])
-            )
-        )
-
-    @classmethod
-    def from_state_dict(cls, sd: dict[str, torch.Tensor]) -> LatentStats:
-        return cls(sd["a_mean"], sd["a_std"], sd["v_mean"], sd["v_std"])
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {
-            "a_mean": self.a_mean,
-            "a_std": self.a_std,
-            "v_mean": self.v_mean,
-            "v_std": self.v_std,
-        }
-
-    @staticmethod
-    def _view(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return x.to(like.device, like.dtype).view(1, -1, 1, 1)
-
-    def normalize(self, z_a: torch.Tensor, z_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        v = self._view
-        return (z_a - v(self.a_mean, z_a)) / v(self.a_std, z_a), (z_v - v(self.v_mean, z_v)) / v(
-            self.v_std, z_v
-        )
-
-    def denormalize(
-        self, z_a: torch.Tensor, z_v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        v = self._view
-        return z_a * v(self.a_std, z_a) + v(self.a_mean, z_a), (
-            z_v * v(self.v_std, z_v) + v(self.v_mean, z_v)
-        )
-
-
 class LatentDataset(Dataset):
     """Cached latents, normalised: items ``{"z_a", "z_v", "label", "prev_a", "prev_v",
     "has_prev"}``; prev_* is the clip that ends where this one starts in the same video
@@ -239,7 +173,6 @@ def cache_latents(
     cache_dir: str | Path | None = None,
 ) -> Path:
     """Encode every clip of ``data`` with the autoencoder of ``autoencoder`` into ``out``."""
-    from mmldm.codec import Codec
     from mmldm.config import config_to_dict
     from mmldm.data.dataset import SoundingVideoDataset
 
@@ -249,7 +182,7 @@ def cache_latents(
     dataset = SoundingVideoDataset(data, cfg.data, cache_dir=cache_dir)
     meta = {
         "autoencoder": str(autoencoder),
-        "autoencoder_fingerprint": autoencoder_fingerprint(autoencoder),
+        "autoencoder_fingerprint": checkpoint_fingerprint(autoencoder),
         "num_clips": len(dataset),
         "shard_size": shard_size,
         "data": {k: v for k, v in config_to_dict(cfg)["data"].items() if k != "num_workers"},

@@ -196,12 +196,12 @@ def distill_decoder(
     (``part="vae"``) for ``autoencoder`` into the run folder ``run``; returns the last
     checkpoint's folder. A resumed run keeps its stored config and must be given the same
     autoencoder."""
-    from mmldm.data.latents import autoencoder_fingerprint
+    from mmldm.checkpoint import checkpoint_fingerprint
 
     if part not in PARTS:
         raise ValueError(f"unknown part {part!r} ({' | '.join(PARTS)})")
     run = Path(run)
-    fingerprint = autoencoder_fingerprint(autoencoder)
+    fingerprint = checkpoint_fingerprint(autoencoder)
     # read once, on the CPU until the device is known; its config is the run's base
     codec = Codec.load(autoencoder)
     teacher, vae, teacher_cfg = codec.autoencoder, codec.vae, codec.cfg
