@@ -35,10 +35,9 @@ from mmldm.models.discriminator import (
 from mmldm.models.vae import decode as vae_decode
 from mmldm.networks import autoencoder_config, discriminator_config
 from mmldm.train.common import (
-    TrainingLoop,
+    adversarial_stage,
     make_accelerator,
     make_optimizer,
-    prepare_with_discriminator,
     training_dataset,
 )
 
@@ -273,28 +272,19 @@ def train_autoencoder(
     disc = (
         TripletDiscriminator(discriminator_config(cfg)) if cfg.autoencoder.gan_weight > 0 else None
     )
-    modules: dict[str, nn.Module] = {"autoencoder": model, "vae": vae}
-    optimizers: dict[str, torch.optim.Optimizer] = {}
-    objective, opt, disc, disc_opt = prepare_with_discriminator(
-        accelerator, objective, opt, disc, stage
-    )
-    if disc is not None:
-        modules["discriminator"], optimizers["discriminator"] = disc, disc_opt
-        accelerator.unwrap_model(objective).aux.update(
-            vae=vae, discriminator=accelerator.unwrap_model(disc)
-        )
-    optimizers = {"autoencoder": opt, **optimizers}
-    loop = TrainingLoop(
+    objective.aux["vae"] = vae  # decodes the adversarial term's pixels (used with a discriminator)
+    loop, objective, opt, disc, disc_opt = adversarial_stage(
         accelerator,
         cfg,
         "autoencoder",
         run,
         dataset,
-        modules,
-        optimizers,
+        objective,
+        opt,
+        {"autoencoder": model, "vae": vae},
+        disc,
         resume=resume,
         max_steps=max_steps,
-        num_workers=cfg.data.num_workers,
     )
     cache = VAELatentCache(vae) if cfg.train.cache_vae_latents else None
     for batch in loop:

@@ -218,22 +218,6 @@ def resume_training(
     return ckpt.step
 
 
-def prepare_with_discriminator(
-    accelerator: Accelerator,
-    objective: nn.Module,
-    opt,
-    disc: nn.Module | None,
-    stage: StageTrainConfig,
-):
-    """accelerate-prepare an objective and its optimizer, plus, when given, a discriminator with
-    an optimizer of its own. Returns (objective, opt, disc, disc_opt); the last two may be None."""
-    if disc is None:
-        objective, opt = accelerator.prepare(objective, opt)
-        return objective, opt, None, None
-    disc_opt = make_optimizer(disc.parameters(), stage)
-    return accelerator.prepare(objective, opt, disc, disc_opt)
-
-
 def training_dataset(data, cfg: Config, cache_dir, accelerator: Accelerator):
     """The clips of ``data``; with a cache folder, every video is decoded into it once first."""
     from mmldm.data.dataset import SoundingVideoDataset
@@ -404,3 +388,51 @@ def finite_or_raise(loss: torch.Tensor, step: int) -> None:
     value = loss.detach().float().item()
     if not math.isfinite(value):
         raise FloatingPointError(f"loss became {value} at step {step}")
+
+
+def adversarial_stage(
+    accelerator: Accelerator,
+    cfg: Config,
+    stage: str,
+    run: Path,
+    dataset: Dataset,
+    objective: nn.Module,
+    opt: torch.optim.Optimizer,
+    modules: Mapping[str, nn.Module],
+    disc: nn.Module | None,
+    *,
+    resume: bool = False,
+    max_steps: int | None = None,
+):
+    """The set-up the stages with an optional discriminator share (VAE, autoencoder).
+
+    accelerate-prepares ``objective`` with ``opt`` (the optimizer of the first of ``modules``,
+    saved under its name) and, when given, ``disc`` with an optimizer of its own (saved as
+    "discriminator", and handed to the objective as ``aux["discriminator"]``); then builds the
+    :class:`TrainingLoop`. Returns (loop, objective, opt, disc, disc_opt), prepared; the last two
+    are None without a discriminator.
+    """
+    modules = dict(modules)
+    name = next(iter(modules))
+    if disc is None:
+        objective, opt = accelerator.prepare(objective, opt)
+        disc_opt, optimizers = None, {name: opt}
+    else:
+        disc_opt = make_optimizer(disc.parameters(), getattr(cfg.train, stage))
+        objective, opt, disc, disc_opt = accelerator.prepare(objective, opt, disc, disc_opt)
+        modules["discriminator"] = disc
+        optimizers = {name: opt, "discriminator": disc_opt}
+        accelerator.unwrap_model(objective).aux["discriminator"] = accelerator.unwrap_model(disc)
+    loop = TrainingLoop(
+        accelerator,
+        cfg,
+        stage,
+        run,
+        dataset,
+        modules,
+        optimizers,
+        resume=resume,
+        max_steps=max_steps,
+        num_workers=cfg.data.num_workers,
+    )
+    return loop, objective, opt, disc, disc_opt

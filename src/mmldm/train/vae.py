@@ -20,10 +20,9 @@ from mmldm.codec import adopt_vae_scaling, load_vae
 from mmldm.config import Config
 from mmldm.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from mmldm.train.common import (
-    TrainingLoop,
+    adversarial_stage,
     make_accelerator,
     make_optimizer,
-    prepare_with_discriminator,
     training_dataset,
 )
 
@@ -103,27 +102,19 @@ def train_vae(
         vae.quant_conv.requires_grad_(False)
     objective = VAEObjective(vae, cfg)
     opt = make_optimizer(vae.parameters(), stage)
-    modules: dict[str, nn.Module] = {"vae": vae}
-    optimizers: dict[str, torch.optim.Optimizer] = {}
     disc = PatchDiscriminator() if cfg.vae.disc_weight > 0 else None
-    objective, opt, disc, disc_opt = prepare_with_discriminator(
-        accelerator, objective, opt, disc, stage
-    )
-    if disc is not None:
-        modules["discriminator"], optimizers["discriminator"] = disc, disc_opt
-        accelerator.unwrap_model(objective).aux["discriminator"] = accelerator.unwrap_model(disc)
-    optimizers = {"vae": opt, **optimizers}
-    loop = TrainingLoop(
+    loop, objective, opt, disc, disc_opt = adversarial_stage(
         accelerator,
         cfg,
         "vae",
         run,
         dataset,
-        modules,
-        optimizers,
+        objective,
+        opt,
+        {"vae": vae},
+        disc,
         resume=resume,
         max_steps=max_steps,
-        num_workers=cfg.data.num_workers,
     )
     for batch in loop:
         images = clip_images(cfg, batch["video"], batch["audio"])
