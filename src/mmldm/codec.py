@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from mmldm.audio.mel import audio_image, audio_image_to_mel
-from mmldm.audio.vocoder import Vocoder, load_vocoder
+from mmldm.audio.vocoder import Vocoder, load_vocoder_from_config
 from mmldm.checkpoint import (
     CheckpointError,
     checkpoint_fingerprint,
@@ -347,12 +347,13 @@ def with_decoder_sampling(
     return dataclasses.replace(cfg, sample=sample)
 
 
-def _distilled_checkpoint(path: str | Path, autoencoder: str | Path):
-    """A ``distill`` checkpoint, refused unless distilled from ``autoencoder``: a distilled
-    decoder reads the latents of that autoencoder's encoders and VAE."""
+def _distilled_checkpoint(path: str | Path, autoencoder: str | Path, found: str | None = None):
+    """A ``distill`` checkpoint, refused unless distilled from ``autoencoder`` (whose
+    fingerprint is ``found`` when already known): a distilled decoder reads the latents of that
+    autoencoder's encoders and VAE."""
     ckpt = load_checkpoint(path, kind="distill")
     expected = ckpt.metadata.get("mmldm.autoencoder_fingerprint")
-    found = checkpoint_fingerprint(autoencoder)
+    found = found or checkpoint_fingerprint(autoencoder)
     if expected != found:
         raise CheckpointError(
             f"{ckpt.path} was distilled from the decoder of "
@@ -367,10 +368,12 @@ def load_vae_decoder(
     autoencoder: str | Path,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    fingerprint: str | None = None,
 ) -> TinyVAEDecoder:
-    """A tiny VAE decoder (``mmldm distill-vae``) of ``autoencoder``'s VAE, to decode latents
-    with in place of the KL-VAE's decoder (``Codec.vae_decoder``)."""
-    ckpt = _distilled_checkpoint(path, autoencoder)
+    """A tiny VAE decoder (``mmldm distill-vae``) of ``autoencoder``'s VAE (whose fingerprint
+    is ``fingerprint`` when already known), to decode latents with in place of the KL-VAE's
+    decoder (``Codec.vae_decoder``)."""
+    ckpt = _distilled_checkpoint(path, autoencoder, fingerprint)
     tiny = TinyVAEDecoder(**tiny_vae_decoder_config(ckpt.config))
     load_weights(tiny, ckpt.state_dict("vae_decoder"), source=str(ckpt.path))
     log.info("VAE decoder %s (step %d)", ckpt.path, ckpt.step)
@@ -531,8 +534,10 @@ class Codec:
         load_weights(model, ckpt.state_dict("autoencoder"), source=str(ckpt.path))
         vae = build_vae(cfg.vae)
         load_weights(vae, ckpt.state_dict("vae"), source=str(ckpt.path))
+        # the distilled parts must come from this autoencoder: its fingerprint, read once
+        fingerprint = checkpoint_fingerprint(path) if decoder or vae_decoder else None
         if decoder is not None:
-            distilled = _distilled_checkpoint(decoder, path)
+            distilled = _distilled_checkpoint(decoder, path, fingerprint)
             load_weights(model.decoder, distilled.state_dict("decoder"), source=str(decoder))
             own = distilled.config.sample
             log.info(
@@ -553,7 +558,9 @@ class Codec:
             module.to(device).eval().requires_grad_(False)
             if dtype != torch.float32:
                 module.to(dtype)
-        tiny = None if vae_decoder is None else load_vae_decoder(vae_decoder, path, device, dtype)
+        tiny = None
+        if vae_decoder is not None:
+            tiny = load_vae_decoder(vae_decoder, path, device, dtype, fingerprint)
         codec = cls(cfg, model, vae, tiny)
         if vocoder:
             codec.vocoder = codec.load_vocoder(vocoder)
@@ -561,8 +568,7 @@ class Codec:
 
     def load_vocoder(self, path: str | None = None) -> Vocoder:
         """HiFi-GAN from ``path`` (default ``cfg.vocoder.path``), Griffin-Lim without one."""
-        settings = self.cfg.vocoder
-        voc = load_vocoder(path or settings.path, self.cfg.data.mel, settings.griffin_lim_iters)
+        voc = load_vocoder_from_config(self.cfg, path)
         return voc.to(next(self.autoencoder.parameters()).device)
 
     def get_vocoder(self) -> Vocoder:

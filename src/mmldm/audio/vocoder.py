@@ -159,10 +159,11 @@ def load_vocoder(
     return Vocoder(settings, generator=generator, source=str(generator_path))
 
 
-def load_vocoder_from_config(cfg: Config) -> Vocoder:
-    """:func:`load_vocoder` with ``cfg.vocoder.path`` and the mel settings of ``cfg.data``."""
+def load_vocoder_from_config(cfg: Config, path: str | Path | None = None) -> Vocoder:
+    """:func:`load_vocoder` with ``path`` (default ``cfg.vocoder.path``) and the mel settings
+    of ``cfg.data``."""
     return load_vocoder(
-        cfg.vocoder.path,
+        path or cfg.vocoder.path,
         cfg.data.mel,
         griffin_lim_iters=cfg.vocoder.griffin_lim_iters,
     )

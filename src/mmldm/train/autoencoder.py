@@ -287,6 +287,7 @@ def train_autoencoder(
         max_steps=max_steps,
     )
     cache = VAELatentCache(vae) if cfg.train.cache_vae_latents else None
+    previews = Codec(cfg, model, vae)  # one codec: its vocoder is loaded at the first preview
     for batch in loop:
         video, audio = batch["video"], batch["audio"]
         inputs = batch_inputs(batch, vae, cfg, cfg.autoencoder.target_frames, cache)
@@ -304,6 +305,6 @@ def train_autoencoder(
         if loop.due(cfg.train.sample_every):
             if accelerator.is_main_process:
                 folder = run / "samples" / f"step_{loop.step:08d}"
-                write_reconstructions(Codec(cfg, model, vae), video, audio, folder)
+                write_reconstructions(previews, video, audio, folder)
             accelerator.wait_for_everyone()
     return loop.close()

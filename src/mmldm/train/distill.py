@@ -157,14 +157,17 @@ class Objective(nn.Module):
 
 
 @torch.no_grad()
-def _write_previews(part, teacher, student, cfg: Config, vae, batch, folder: Path) -> None:
+def _write_previews(part, codec: Codec, student, cfg: Config, batch, folder: Path) -> None:
     """Reconstructions of a few clips of the batch decoded by the student: mp4s + a grid (the
-    signal decoder), or a grid of KL-VAE vs tiny decoder images of their latents (the VAE)."""
+    signal decoder), or a grid of KL-VAE vs tiny decoder images of their latents (the VAE).
+    ``codec``: the teacher's (its vocoder is loaded once, at the first preview)."""
+    teacher, vae = codec.autoencoder, codec.vae
     if part == "signal":
         own_decoder = teacher.decoder
         teacher.decoder = student  # the teacher's encoders, the student's decoder and settings
         try:
-            write_reconstructions(Codec(cfg, teacher, vae), batch["video"], batch["audio"], folder)
+            previews = Codec(cfg, teacher, vae, vocoder=codec.get_vocoder())
+            write_reconstructions(previews, batch["video"], batch["audio"], folder)
         finally:
             teacher.decoder = own_decoder
             student.train()
@@ -270,6 +273,6 @@ def distill_decoder(
         if loop.due(cfg.train.sample_every):
             if accelerator.is_main_process:
                 folder = run / "samples" / f"step_{loop.step:08d}"
-                _write_previews(part, teacher, student, cfg, vae, batch, folder)
+                _write_previews(part, codec, student, cfg, batch, folder)
             accelerator.wait_for_everyone()
     return loop.close()
