@@ -12,7 +12,6 @@ from pathlib import Path
 from mmldm import __version__
 from mmldm.checkpoint import CheckpointError, summarize_checkpoint
 from mmldm.config import (
-    TASKS,
     Config,
     ConfigError,
     config_from_dict,
@@ -23,6 +22,7 @@ from mmldm.config import (
 from mmldm.console import setup_logging
 from mmldm.data.dataset import DatasetError
 from mmldm.data.media import MediaError
+from mmldm.pipeline import TASKS
 from mmldm.synthetic.families import FAMILIES
 
 log = logging.getLogger("mmldm")

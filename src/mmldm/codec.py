@@ -40,7 +40,7 @@ from mmldm.diffusion.sampling import (
     ModelFn,
     few_step_sample,
     few_step_timesteps,
-    guided,
+    guide,
     sample_loop,
 )
 from mmldm.diffusion.schedule import alphas_cumprod, make_sampler
@@ -417,22 +417,18 @@ def decoder_denoiser(
         )
         return ca, cv
 
-    guide = guidance_audio != 1.0 or guidance_video != 1.0
+    scales = (guidance_audio, guidance_video)
     cond_a, cond_v = conds(1.0)
-    if guide:  # conditional and null rows in one batch: one UNet pass per step, not two
-        null_a, null_v = conds(0.0)
-        cond_a = DecoderCondition.cat([cond_a, null_a])
-        cond_v = DecoderCondition.cat([cond_v, null_v])
+    null_a, null_v = conds(0.0) if scales != (1.0, 1.0) else (None, None)  # unguided: no nulls
 
     def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        xa, xv, ta, tv = x[:b], x[b:], t[:b], t[b:]
-        if not guide:
-            return torch.cat(decoder.predict_both(xa, ta, cond_a, xv, tv, cond_v))
-        ea, ev = decoder.predict_both(
-            xa.repeat(2, 1, 1, 1), ta.repeat(2), cond_a, xv.repeat(2, 1, 1, 1), tv.repeat(2), cond_v
-        )
-        ea, ev = guided(*ea.chunk(2), guidance_audio), guided(*ev.chunk(2), guidance_video)
-        return torch.cat([ea, ev])
+        def inputs(ca: DecoderCondition | None, cv: DecoderCondition | None) -> tuple:
+            return (x[:b], t[:b], ca, x[b:], t[b:], cv)  # audio rows, then the frames' rows
+
+        def predict(i: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+            return decoder.predict_both(*i)
+
+        return torch.cat(guide(predict, inputs(cond_a, cond_v), inputs(null_a, null_v), scales))
 
     return model_fn
 

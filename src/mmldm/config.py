@@ -414,10 +414,6 @@ class TrainConfig:
             getattr(self, stage)._validate(f"train.{stage}")
 
 
-# Generation tasks of `mmldm sample` / MMLDMPipeline.generate.
-TASKS = ("svg", "a2v", "v2a", "audio", "video", "long", "audio-continuation", "video-continuation")
-
-
 @dataclass
 class SampleConfig:
     """Sampling settings: DiT sampler and the signal decoder's sampler."""

@@ -13,22 +13,44 @@ guidance of the paper's eq. 9), ``audio`` / ``video`` (one modality of a joint s
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from mmldm.audio.mel import audio_image
 from mmldm.checkpoint import CheckpointError, checkpoint_fingerprint, load_checkpoint, load_weights
-from mmldm.codec import Codec, LatentStats
+from mmldm.codec import Codec, DecodedClips, LatentStats
 from mmldm.config import Config
-from mmldm.diffusion.sampling import guided, sample_loop
+from mmldm.diffusion.sampling import ModelFn, guide, sample_loop
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod, make_sampler
 from mmldm.models.dit import DiTInputs, MultiModalDiT
 from mmldm.networks import dit_config
 
 log = logging.getLogger(__name__)
 
-TASKS = ("svg", "a2v", "v2a", "audio", "video", "long", "audio-continuation", "video-continuation")
+
+@dataclass(frozen=True)
+class Task:
+    """What a generation task is given and what its output shows (docs/design.md §8)."""
+
+    given: str | None = None  # "audio" / "video": the modality of a given clip
+    continued: bool = False  # K clips, each conditioned on the previous clip's latents (the
+    #                          given clip, where there is one, opens the output)
+    video: str = "generated"  # the video track: "generated", "given" or "audio image"
+    audio: str = "generated"  # the audio track: "generated", "given" or "silent"
+
+
+TASKS = {
+    "svg": Task(),
+    "a2v": Task(given="audio", audio="given"),  # video guided by the audio (eq. 9)
+    "v2a": Task(given="video", video="given"),
+    "audio": Task(video="audio image"),  # one modality of a joint sample
+    "video": Task(audio="silent"),
+    "long": Task(continued=True),
+    "audio-continuation": Task(given="audio", continued=True, video="audio image"),
+    "video-continuation": Task(given="video", continued=True, audio="silent"),
+}
 
 
 @dataclass
@@ -118,7 +140,64 @@ class MMLDMPipeline:
     def dtype(self) -> torch.dtype:
         return self.dit.eos_a.dtype
 
-    # -- latent sampling -----------------------------------------------------------------------
+    # -- latent sampling: noise, prepare, denoise, unpack ---------------------------------------
+
+    def pack(self, z_a: torch.Tensor, z_v: torch.Tensor) -> torch.Tensor:
+        """``[N, *audio_latent_shape]``, ``[N, *video_latent_shape]`` -> one scheduler state
+        ``[N, |z_a| + |z_v|]``."""
+        return torch.cat([z_a.flatten(1), z_v.flatten(1)], dim=1)
+
+    def unpack(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inverse of :meth:`pack`."""
+        shape_a, shape_v = self.cfg.audio_latent_shape, self.cfg.video_latent_shape
+        n_a = shape_a[0] * shape_a[1] * shape_a[2]
+        return x[:, :n_a].reshape(-1, *shape_a), x[:, n_a:].reshape(-1, *shape_v)
+
+    def noise(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standard normal ``[num, |z_a| + |z_v|]``: the audio latents' draw, then the video's."""
+        kw = dict(generator=generator, device=self.device, dtype=self.dtype)
+        z_a = torch.randn((num, *self.cfg.audio_latent_shape), **kw)
+        z_v = torch.randn((num, *self.cfg.video_latent_shape), **kw)
+        return self.pack(z_a, z_v)
+
+    def model_fn(
+        self,
+        given: DiTInputs,
+        scales: tuple[float, float],
+        fixed_noise: torch.Tensor,
+    ) -> ModelFn:
+        """The DiT as ``model_fn(x, t)`` on the packed state. ``given`` holds the conditions
+        (clean ``cond_a`` / ``cond_v``, ``labels``, ``prev_a`` / ``prev_v``; its z / t are
+        unused). A given modality's part of x_t is its clean latent noised to t with
+        ``fixed_noise`` (sec. 3.3); with a condition, eq. 9 guides each modality against the
+        null condition (zero latents, the null class) with ``scales`` (audio, video)."""
+        fixed_a, fixed_v = self.unpack(fixed_noise)
+        abar = self.abar.to(self.device)
+        null_labels = None
+        if given.labels is not None:
+            null_labels = torch.full_like(given.labels, self.dit.num_classes)
+        conditioned = any(c is not None for c in (given.cond_a, given.cond_v, given.labels))
+        scales = scales if conditioned else (1.0, 1.0)
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            z_a, z_v = self.unpack(x)
+            if given.cond_a is not None:  # the given audio, noised to this step
+                z_a = add_noise(given.cond_a, fixed_a, t, abar)
+            if given.cond_v is not None:
+                z_v = add_noise(given.cond_v, fixed_v, t, abar)
+            null_a, null_v = torch.zeros_like(z_a), torch.zeros_like(z_v)  # absent = zeros
+            cond = replace(
+                given,
+                z_a=z_a,
+                z_v=z_v,
+                t=t,
+                cond_a=null_a if given.cond_a is None else given.cond_a,
+                cond_v=null_v if given.cond_v is None else given.cond_v,
+            )
+            null = replace(cond, cond_a=null_a, cond_v=null_v, labels=null_labels)
+            return self.pack(*guide(self.dit, cond, null, scales))
+
+        return model_fn
 
     @torch.no_grad()
     def sample_latents(
@@ -137,73 +216,23 @@ class MMLDMPipeline:
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised (z_a, z_v) ``[num, C, h, w]``. A given ``cond_a`` (a2v) / ``cond_v`` (v2a)
-        is the clean latent of that modality: its part of x_t is the forward-noised condition
-        at every step, and the other modality is guided with eq. 9."""
-        sc, d = self.cfg.sample, self.dit
-        g_a = sc.guidance_audio if guidance_audio is None else guidance_audio
-        g_v = sc.guidance_video if guidance_video is None else guidance_video
-        dev, dt = self.device, self.dtype
-        shape_a, shape_v = self.cfg.audio_latent_shape, self.cfg.video_latent_shape
-        x = torch.cat(
-            [
-                torch.randn((num, *shape_a), generator=generator, device=dev, dtype=dt).flatten(1),
-                torch.randn((num, *shape_v), generator=generator, device=dev, dtype=dt).flatten(1),
-            ],
-            dim=1,
-        )  # one state [num, |z_a| + |z_v|] for the scheduler
-        fixed_noise = torch.randn(x.shape, generator=generator, device=dev, dtype=dt)
-        abar = self.abar.to(dev)
-        n_a = int(torch.tensor(shape_a).prod())
-
-        def split(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return flat[:, :n_a].view(-1, *shape_a), flat[:, n_a:].view(-1, *shape_v)
-
-        zeros_a = torch.zeros((num, *shape_a), device=dev, dtype=dt)
-        zeros_v = torch.zeros((num, *shape_v), device=dev, dtype=dt)
-        null_labels = None
-        if labels is not None and d.num_classes:
-            null_labels = torch.full_like(labels, d.num_classes)
-        fixed_a, fixed_v = split(fixed_noise)
-
-        def model_fn(flat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            z_a, z_v = split(flat)
-            if cond_a is not None:  # the given audio, noised to this step (sec. 3.3)
-                z_a = add_noise(cond_a, fixed_a, t, abar)
-            if cond_v is not None:
-                z_v = add_noise(cond_v, fixed_v, t, abar)
-            inp = DiTInputs(
-                z_a,
-                z_v,
-                t,
-                cond_a=cond_a if cond_a is not None else zeros_a,
-                cond_v=cond_v if cond_v is not None else zeros_v,
-                labels=labels,
-                prev_a=prev_a,
-                prev_v=prev_v,
-            )
-            out_a, out_v = d(inp)
-            conditioned = cond_a is not None or cond_v is not None or labels is not None
-            if conditioned and (g_a != 1.0 or g_v != 1.0):
-                null = DiTInputs(
-                    z_a,
-                    z_v,
-                    t,
-                    cond_a=zeros_a,
-                    cond_v=zeros_v,
-                    labels=null_labels,
-                    prev_a=prev_a,
-                    prev_v=prev_v,
-                )
-                na, nv = d(null)
-                out_a, out_v = guided(out_a, na, g_a), guided(out_v, nv, g_v)
-            return torch.cat([out_a.flatten(1), out_v.flatten(1)], dim=1)
-
-        scheduler = make_sampler(self.cfg.diffusion, sampler or sc.sampler)
-        out = sample_loop(
-            model_fn, x, scheduler, steps or sc.steps, eta=sc.eta, generator=generator
+        is the clean latent of that modality, returned as it is; ``prev_a`` / ``prev_v`` are
+        the previous clip's latents (long, continuations); ``labels`` ``[num]`` classes."""
+        sc = self.cfg.sample
+        scales = (
+            sc.guidance_audio if guidance_audio is None else guidance_audio,
+            sc.guidance_video if guidance_video is None else guidance_video,
         )
-        z_a, z_v = split(out)
-        return (cond_a if cond_a is not None else z_a), (cond_v if cond_v is not None else z_v)
+        x_T = self.noise(num, generator)  # 1. noise
+        fixed_noise = self.noise(num, generator)  # the given modality's forward noise
+        given = DiTInputs(None, None, None, cond_a, cond_v, labels, prev_a, prev_v)
+        model_fn = self.model_fn(given, scales, fixed_noise)  # 2. prepare
+        scheduler = make_sampler(self.cfg.diffusion, sampler or sc.sampler)
+        x_0 = sample_loop(  # 3. denoise
+            model_fn, x_T, scheduler, steps or sc.steps, eta=sc.eta, generator=generator
+        )
+        z_a, z_v = self.unpack(x_0)  # 4. unpack
+        return (z_a if cond_a is None else cond_a), (z_v if cond_v is None else cond_v)
 
     # -- encode / decode -----------------------------------------------------------------------
 
@@ -246,7 +275,7 @@ class MMLDMPipeline:
         guidance_video: float | None = None,
         decoder_steps: int | None = None,
     ) -> Generation:
-        """Generate ``num`` samples of ``task``.
+        """Generate ``num`` samples of ``task`` (:data:`TASKS`).
 
         Args:
             audio: ``[N]`` or ``[num, N]`` waveform at data.sample_rate (a2v, audio-continuation).
@@ -256,11 +285,10 @@ class MMLDMPipeline:
             decoder_steps: signal decoder steps (default sample.decoder_steps; a distilled
                 decoder's K).
         """
-        if task not in TASKS:
+        spec = TASKS.get(task)
+        if spec is None:
             raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
-        data = self.cfg.data
-        dev = self.device
-        g = torch.Generator(dev).manual_seed(seed)
+        g = torch.Generator(self.device).manual_seed(seed)
         kw = dict(
             steps=steps,
             sampler=sampler,
@@ -268,97 +296,94 @@ class MMLDMPipeline:
             guidance_video=guidance_video,
             generator=g,
         )
-        info = {**kw, "decoder_steps": decoder_steps}  # what the result records
-        y = None
-        if labels is not None:
-            if not self.dit.num_classes:
-                raise ValueError("this generator is not class-conditional (dit.class_conditional)")
-            y = (
-                torch.tensor(labels, device=dev).expand(num)
-                if len(labels) == 1
-                else torch.tensor(labels, device=dev)
-            )
-        a_in = (
-            None if audio is None else (audio if audio.dim() == 2 else audio[None]).expand(num, -1)
-        )
-        v_in = (
-            None
-            if video is None
-            else (video if video.dim() == 5 else video[None]).expand(num, -1, -1, -1, -1)
-        )
-        needs = {"a2v": a_in, "audio-continuation": a_in, "v2a": v_in, "video-continuation": v_in}
-        if task in needs and needs[task] is None:
-            raise ValueError(f"task {task} needs " + ("--audio" if "a" == task[0] else "--video"))
-        k = clips or self.cfg.sample.long_clips
-        n = int(round(data.clip_seconds * data.sample_rate))
+        y = self._labels(labels, num)
+        given = self._given(task, spec, num, audio, video)  # the given clip's signals
+        z_given = self.encode(**given)  # and its normalised latents (None: not given)
+        num_clips = (clips or self.cfg.sample.long_clips) if spec.continued else 1
+        tracks, prev = [], (None, None)
+        for i in range(num_clips):
+            if i == 0 and spec.continued and spec.given:  # the given clip opens the output
+                z_a, z_v = z_given
+                tracks.append(self._tracks(spec, given, None))
+            else:  # a2v / v2a condition on the given clip, continuations on the previous one
+                cond_a, cond_v = (None, None) if spec.continued else z_given
+                z_a, z_v = self.sample_latents(
+                    num,
+                    cond_a=cond_a,
+                    cond_v=cond_v,
+                    prev_a=prev[0],
+                    prev_v=prev[1],
+                    labels=y,
+                    **kw,
+                )
+                out = self.decode(z_a, z_v, generator=g, steps=decoder_steps)
+                tracks.append(self._tracks(spec, given, out))
+            # the next clip follows this one in the modalities the task generates
+            prev = (None if spec.given == "video" else z_a, None if spec.given == "audio" else z_v)
+        frames, wave = (torch.cat(track, 1) for track in zip(*tracks, strict=True))
+        info = {**kw, "decoder_steps": decoder_steps}
+        return self._result(task, frames, wave, seed, num, info, spec.audio != "silent", y)
 
-        if task in ("svg", "audio", "video", "a2v", "v2a"):
-            cond_a, cond_v = self.encode(
-                video=v_in if task == "v2a" else None, audio=a_in if task == "a2v" else None
-            )
-            z_a, z_v = self.sample_latents(num, cond_a=cond_a, cond_v=cond_v, labels=y, **kw)
-            out = self.decode(z_a, z_v, generator=g, steps=decoder_steps)
-            frames, wave = out.frames, out.wave
-            if task == "a2v":
-                wave = a_in[:, :n].float()  # the given audio, unchanged
-            if task == "v2a":
-                frames = v_in.float()  # the given frames, unchanged
-            if task == "audio":
-                frames = out.audio_image[:, None].expand(-1, data.num_frames, -1, -1, -1)
-            return self._result(
-                task, frames, wave, seed, num, info, has_audio=task != "video", labels=y
-            )
+    def _labels(self, labels: list[int] | None, num: int) -> torch.Tensor | None:
+        """Classes ``[num]`` (one class for all, or one per sample), or None."""
+        if labels is None:
+            return None
+        if not self.dit.num_classes:
+            raise ValueError("this generator is not class-conditional (dit.class_conditional)")
+        y = torch.tensor(labels, device=self.device)
+        return y.expand(num) if len(labels) == 1 else y
 
-        # long and continuations: clip after clip, each conditioned on the previous latents
-        cond_audio_only = task == "audio-continuation"
-        cond_video_only = task == "video-continuation"
-        frames_out, waves_out = [], []
-        if task == "long":
-            z_a, z_v = self.sample_latents(num, labels=y, **kw)
-            out = self.decode(z_a, z_v, generator=g, steps=decoder_steps)
-            frames_out.append(out.frames)
-            waves_out.append(out.wave)
+    def _given(
+        self,
+        task: str,
+        spec: Task,
+        num: int,
+        audio: torch.Tensor | None,
+        video: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """The given clip as ``{"audio": [num, n]}`` or ``{"video": [num, F, 3, S, S]}`` (one
+        clip's samples n), or ``{}`` for tasks that take none."""
+        if spec.given is None:
+            return {}
+        signal = {"audio": audio, "video": video}[spec.given]
+        if signal is None:
+            raise ValueError(f"task {task} needs --{spec.given}")
+        if spec.given == "audio":
+            n = int(round(self.cfg.data.clip_seconds * self.cfg.data.sample_rate))
+            signal = (signal if signal.dim() == 2 else signal[None])[:, :n]
         else:
-            z_a, z_v = self.encode(
-                video=v_in if cond_video_only else None, audio=a_in if cond_audio_only else None
-            )
-            if cond_audio_only:
-                waves_out.append(a_in[:, :n].float())
-                frames_out.append(self._audio_frames(a_in[:, :n]))
-            else:
-                frames_out.append(v_in.float())
-                waves_out.append(torch.zeros(num, n, device=dev))
-        for _ in range(k - 1):
-            prev_a = None if cond_video_only else z_a
-            prev_v = None if cond_audio_only else z_v
-            z_a, z_v = self.sample_latents(num, prev_a=prev_a, prev_v=prev_v, labels=y, **kw)
-            out = self.decode(z_a, z_v, generator=g, steps=decoder_steps)
-            frames_out.append(
-                out.audio_image[:, None].expand(-1, data.num_frames, -1, -1, -1)
-                if cond_audio_only
-                else out.frames
-            )
-            waves_out.append(torch.zeros_like(out.wave) if cond_video_only else out.wave)
-        return self._result(
-            task,
-            torch.cat(frames_out, 1),
-            torch.cat(waves_out, 1),
-            seed,
-            num,
-            info,
-            has_audio=not cond_video_only,
-            labels=y,
-        )
+            signal = signal if signal.dim() == 5 else signal[None]
+        signal = signal.expand(num, *signal.shape[1:]).to(self.device)
+        return {spec.given: signal}
 
-    def _audio_frames(self, audio: torch.Tensor) -> torch.Tensor:
-        """``[N, L]`` audio of one clip -> its audio image as a video track ``[N, F, 3, S, S]``
-        (audio tasks show the spectrogram where there is no generated video)."""
-        from mmldm.audio.mel import audio_image
+    def _tracks(
+        self, spec: Task, given: dict[str, torch.Tensor], out: DecodedClips | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One clip's (frames ``[N, F, 3, S, S]``, wave ``[N, n]``) as ``spec`` shows them,
+        from the decoded ``out`` or, with None, from the given clip itself."""
+        data = self.cfg.data
+        if out is None:
+            frames, wave = given.get("video"), given.get("audio")
+            image = None if wave is None else audio_image(wave, data)
+        else:
+            frames, wave, image = out.frames, out.wave, out.audio_image
+        video = {
+            "generated": frames,
+            "given": given.get("video"),
+            "audio image": None
+            if image is None
+            else image[:, None].expand(-1, data.num_frames, -1, -1, -1),
+        }[spec.video]
+        n = int(round(data.clip_seconds * data.sample_rate))
+        num = len(video)
+        audio = {
+            "generated": wave,
+            "given": given.get("audio"),
+            "silent": torch.zeros(num, n, device=video.device),
+        }[spec.audio]
+        return video.float(), audio.float()
 
-        image = audio_image(audio, self.cfg.data)
-        return image[:, None].expand(-1, self.cfg.data.num_frames, -1, -1, -1)
-
-    def _result(self, task, frames, wave, seed, num, kw, *, has_audio, labels) -> Generation:
+    def _result(self, task, frames, wave, seed, num, kw, has_audio, labels) -> Generation:
         settings = {k: v for k, v in kw.items() if k != "generator"}
         dec = self.codec.cfg.sample  # the decoder's settings (a distilled one's if loaded)
         settings.update(

@@ -9,7 +9,9 @@ either unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -24,6 +26,48 @@ def guided(cond: torch.Tensor, null: torch.Tensor, scale: float) -> torch.Tensor
     """Classifier-free guidance, the paper's eq. 9 read as in docs/design.md §8.6:
     out = phi * out(cond) - (phi - 1) * out(null); phi = 1 is the plain conditional model."""
     return null + scale * (cond - null)
+
+
+def guide(
+    predict: Callable[[Any], Sequence[torch.Tensor]],
+    cond: Any,
+    null: Any,
+    scales: Sequence[float],
+) -> tuple[torch.Tensor, ...]:
+    """One model call with classifier-free guidance per modality (eq. 9).
+
+    Args:
+        predict: ``inputs -> (prediction per modality)``, each ``[rows, ...]``.
+        cond, null: the model's inputs with and without the condition (tensors, lists, tuples or
+            dataclasses of them, or None), rows in the same order.
+        scales: one guidance scale per modality; when all are 1, only ``cond`` runs.
+
+    The conditional and null rows run as one batch (one pass per step, not two); each
+    modality's output is then ``guided(cond half, null half, scale)``.
+    """
+    if all(scale == 1.0 for scale in scales):
+        return tuple(predict(cond))
+    both = predict(cat_rows(cond, null))
+    return tuple(guided(*out.chunk(2), s) for out, s in zip(both, scales, strict=True))
+
+
+def cat_rows(a: Any, b: Any) -> Any:
+    """Two model inputs of one structure (tensors ``[N, ...]``, lists / tuples / dataclasses of
+    them, None) -> one input with the rows of ``a`` followed by those of ``b``."""
+    if a is None or b is None:
+        if a is not b:
+            raise ValueError("cat_rows: one input has a field that the other lacks")
+        return None
+    if isinstance(a, torch.Tensor):
+        return torch.cat([a, b])
+    if isinstance(a, list | tuple):
+        return type(a)(cat_rows(x, y) for x, y in zip(a, b, strict=True))
+    if dataclasses.is_dataclass(a):
+        fields = {
+            f.name: cat_rows(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)
+        }
+        return dataclasses.replace(a, **fields)
+    raise TypeError(f"cat_rows: cannot stack {type(a).__name__}")
 
 
 @torch.no_grad()

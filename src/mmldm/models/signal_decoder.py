@@ -307,10 +307,10 @@ class SignalDecoder(nn.Module):
                 self.predict("audio", x_audio, t_audio, cond_audio),
                 self.predict("video", x_video, t_video, cond_video),
             )
-        eps = self.predict(
+        out = self.predict(
             "audio",
             torch.cat([x_audio, x_video]),
             torch.cat([t_audio, t_video]),
             DecoderCondition.cat([cond_audio, cond_video]),
         )
-        return eps[: len(x_audio)], eps[len(x_audio) :]
+        return out[: len(x_audio)], out[len(x_audio) :]
