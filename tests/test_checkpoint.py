@@ -8,17 +8,15 @@ from torch import nn
 
 import mmldm.checkpoint as ckpt
 from mmldm.checkpoint import (
-    CheckpointError,
     capture_rng_state,
     list_checkpoints,
     load_checkpoint,
-    load_state_dict_file,
-    load_weights,
     resolve_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
 from mmldm.config import load_config
+from mmldm.weights import CheckpointError, load_state_dict_file, load_weights
 
 
 class Net(nn.Module):

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import random
 import re
 import shutil
@@ -39,6 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from mmldm import __version__
 from mmldm.config import Config, config_from_dict, config_to_dict
+from mmldm.weights import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,6 @@ FORMAT_VERSION = "2"
 WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "training_state.pt"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or does not fit the model it is loaded into."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,105 +377,6 @@ def load_checkpoint(
         metadata=meta,
         tensors=tensors,
     )
-
-
-def load_state_dict_file(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
-    """Read a weights file of any common format safely.
-
-    ``.safetensors`` is read directly; ``.pt/.pth/.ckpt/.bin`` go through
-    ``torch.load(weights_only=True)``, which refuses pickled code. ``key`` selects a nested
-    dict (e.g. "state_dict" of Lightning checkpoints, "generator" of HiFi-GAN's).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        try:
-            obj: Any = load_file(str(path))
-        except Exception as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise CheckpointError(
-                f"{path}: refused to load: the file holds Python objects other than tensors and "
-                f"plain containers, and mmldm never executes pickled code "
-                f"(torch.load weights_only=True said: {str(err).splitlines()[0]})"
-            ) from None
-        except Exception as err:
-            raise CheckpointError(f"{path}: cannot read weights ({err})") from None
-    if key is not None:
-        if not isinstance(obj, Mapping) or key not in obj:
-            found = ", ".join(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
-            raise CheckpointError(f"{path}: has no entry '{key}' (found: {found})")
-        obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(
-            f"{path}: expected a flat dict of tensors"
-            + ("" if key else " (pass key= to select a nested state dict)")
-        )
-    return dict(obj)
-
-
-@dataclass
-class LoadReport:
-    missing: list[str]
-    unexpected: list[str]
-    mismatched: list[str]  # "key: checkpoint (a, b) vs model (c, d)"
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def summary(self, limit: int = 10) -> str:
-        parts = []
-        for label, keys in (
-            ("missing", self.missing),
-            ("unexpected", self.unexpected),
-            ("shape mismatch", self.mismatched),
-        ):
-            if keys:
-                shown = ", ".join(keys[:limit]) + (
-                    f", ... (+{len(keys) - limit})" if len(keys) > limit else ""
-                )
-                parts.append(f"{len(keys)} {label}: {shown}")
-        return "; ".join(parts) or "all keys match"
-
-
-def load_weights(
-    module: torch.nn.Module,
-    state_dict: Mapping[str, torch.Tensor],
-    *,
-    strict: bool = True,
-    source: str = "checkpoint",
-) -> LoadReport:
-    """Load ``state_dict`` into ``module``, reporting missing, unexpected and mis-shaped keys.
-
-    With ``strict`` any difference raises :class:`CheckpointError` naming the keys; otherwise the
-    matching tensors are loaded and the differences are logged as warnings.
-    """
-    own = module.state_dict()
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state_dict.items()
-        if k in own and own[k].shape != v.shape
-    ]
-    report = LoadReport(
-        missing=sorted(set(own) - set(state_dict)),
-        unexpected=sorted(set(state_dict) - set(own)),
-        mismatched=mismatched,
-    )
-    name = type(module).__name__
-    if not report.ok:
-        message = f"loading {source} into {name}: {report.summary()}"
-        if strict:
-            raise CheckpointError(message)
-        log.warning(message)
-    compatible = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
-    module.load_state_dict(compatible, strict=False)
-    log.info("loaded %d tensors from %s into %s", len(compatible), source, name)
-    return report
 
 
 def summarize_checkpoint(path: str | Path) -> dict[str, Any]:

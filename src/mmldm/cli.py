@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mmldm import __version__
-from mmldm.checkpoint import CheckpointError, summarize_checkpoint
+from mmldm.checkpoint import summarize_checkpoint
 from mmldm.config import (
     Config,
     ConfigError,
@@ -24,6 +24,7 @@ from mmldm.data.dataset import DatasetError
 from mmldm.data.media import MediaError
 from mmldm.pipeline import TASKS
 from mmldm.synthetic.families import FAMILIES
+from mmldm.weights import CheckpointError
 
 log = logging.getLogger("mmldm")
 

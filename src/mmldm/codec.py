@@ -27,11 +27,8 @@ from diffusers import AutoencoderKL
 from mmldm.audio.mel import audio_image, audio_image_to_mel
 from mmldm.audio.vocoder import Vocoder, load_vocoder_from_config
 from mmldm.checkpoint import (
-    CheckpointError,
     checkpoint_fingerprint,
     load_checkpoint,
-    load_state_dict_file,
-    load_weights,
     read_metadata,
     resolve_checkpoint,
 )
@@ -49,6 +46,7 @@ from mmldm.models.signal_decoder import DecoderCondition, SignalDecoder
 from mmldm.models.vae import TinyVAEDecoder, encode
 from mmldm.models.vae import decode as vae_decode
 from mmldm.networks import autoencoder_config, tiny_vae_decoder_config
+from mmldm.weights import CheckpointError, load_state_dict_file, load_weights
 
 log = logging.getLogger(__name__)
 

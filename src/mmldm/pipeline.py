@@ -19,13 +19,14 @@ from pathlib import Path
 import torch
 
 from mmldm.audio.mel import audio_image
-from mmldm.checkpoint import CheckpointError, checkpoint_fingerprint, load_checkpoint, load_weights
+from mmldm.checkpoint import checkpoint_fingerprint, load_checkpoint
 from mmldm.codec import Codec, DecodedClips, LatentStats
 from mmldm.config import Config
 from mmldm.diffusion.sampling import ModelFn, guide, sample_loop
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod, make_sampler
 from mmldm.models.dit import DiTInputs, MultiModalDiT
 from mmldm.networks import dit_config
+from mmldm.weights import CheckpointError, load_weights
 
 log = logging.getLogger(__name__)
 

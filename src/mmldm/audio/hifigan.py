@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmldm.checkpoint import CheckpointError, load_state_dict_file, load_weights
+from mmldm.weights import CheckpointError, load_state_dict_file, load_weights
 
 log = logging.getLogger(__name__)
 

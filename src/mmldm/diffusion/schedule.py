@@ -8,10 +8,13 @@ The networks predict eps (the paper) or, with ``diffusion.prediction_type = v_pr
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from mmldm.config import DiffusionConfig
+if TYPE_CHECKING:  # the schedule reads a config's fields; it needs no more of mmldm
+    from mmldm.config import DiffusionConfig
 
 
 def _common(cfg: DiffusionConfig) -> dict:

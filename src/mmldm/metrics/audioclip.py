@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmldm.checkpoint import CheckpointError, load_state_dict_file, load_weights
 from mmldm.metrics.i3d import fill_num_batches_tracked
 from mmldm.metrics.vggish import resample
+from mmldm.weights import CheckpointError, load_state_dict_file, load_weights
 
 log = logging.getLogger(__name__)
 

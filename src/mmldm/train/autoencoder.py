@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from mmldm.checkpoint import CheckpointError, load_weights
 from mmldm.codec import Codec, VAEInputs, VAELatentCache, adopt_vae_scaling, load_vae, vae_inputs
 from mmldm.config import Config
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod, predict_x0, training_target
@@ -40,6 +39,7 @@ from mmldm.train.common import (
     make_optimizer,
     training_dataset,
 )
+from mmldm.weights import CheckpointError, load_weights
 
 log = logging.getLogger(__name__)
 

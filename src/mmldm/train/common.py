@@ -22,16 +22,11 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_s
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mmldm.checkpoint import (
-    capture_rng_state,
-    load_checkpoint,
-    load_weights,
-    restore_rng_state,
-    save_checkpoint,
-)
+from mmldm.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from mmldm.config import Config, StageTrainConfig, load_config
 from mmldm.console import progress
 from mmldm.run import RunLogger
+from mmldm.weights import load_weights
 
 log = logging.getLogger(__name__)
 

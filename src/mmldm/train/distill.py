@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmldm.checkpoint import CheckpointError, read_metadata, resolve_checkpoint
+from mmldm.checkpoint import read_metadata, resolve_checkpoint
 from mmldm.codec import (
     Codec,
     VAEInputs,
@@ -55,6 +55,7 @@ from mmldm.models.vae import encode as vae_encode
 from mmldm.networks import tiny_vae_decoder_config
 from mmldm.train.autoencoder import batch_inputs, write_reconstructions
 from mmldm.train.common import TrainingLoop, make_accelerator, make_optimizer, training_dataset
+from mmldm.weights import CheckpointError
 
 log = logging.getLogger(__name__)
 
