@@ -48,16 +48,16 @@ from common import (
     write_json,
 )
 
-from mmldm.codec import build_vae, vae_inputs
+from mmldm.codec import build_vae
 from mmldm.config import Config, load_config
 from mmldm.diffusion.schedule import alphas_cumprod
 from mmldm.models.autoencoder import MultiModalAutoencoder
 from mmldm.models.discriminator import TripletDiscriminator
 from mmldm.models.dit import DiTInputs, MultiModalDiT
 from mmldm.networks import autoencoder_config, discriminator_config, dit_config
-from mmldm.train.autoencoder import autoencoder_loss, discriminator_loss
-from mmldm.train.common import ema_update, make_optimizer
-from mmldm.train.generator import generator_loss
+from mmldm.train.autoencoder import Objective, autoencoder_step, batch_inputs
+from mmldm.train.common import make_accelerator, make_optimizer, prepare_adversarial
+from mmldm.train.generator import generator_step
 
 DECODER_LIMIT_S = 60.0  # skip repeats of the paper decoder's forward beyond this (the brief)
 
@@ -110,23 +110,18 @@ def latent_batch(cfg: Config, b: int) -> dict[str, torch.Tensor]:
 
 
 def dit_train_step(cfg: Config, b: int) -> tuple[Callable[[], None], int]:
-    """One generator training step as ``train_generator`` runs it (without accelerate)."""
+    """One generator training step: :func:`generator_step`, the trainer's own, with its model
+    and optimizer prepared by accelerate as in ``train_generator``."""
     stage = cfg.train.generator
+    accelerator = make_accelerator(cfg, stage)
     model = MultiModalDiT(dit_config(cfg)).train()
     ema = copy.deepcopy(model).requires_grad_(False) if stage.ema_decay > 0 else None
-    opt = make_optimizer(model.parameters(), stage)
+    model, opt = accelerator.prepare(model, make_optimizer(model.parameters(), stage))
     abar = alphas_cumprod(cfg.diffusion)
     batch = latent_batch(cfg, b)
 
     def step() -> None:
-        loss, _ = generator_loss(model, batch, cfg, abar)
-        loss.backward()
-        if stage.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), stage.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema_update(ema, model, stage.ema_decay)
+        generator_step(accelerator, model, opt, batch, cfg, abar, 0, ema)
 
     return step, count_params(model)
 
@@ -161,33 +156,29 @@ def clips(cfg: Config, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 
 def autoencoder_train_step(cfg: Config, b: int) -> tuple[Callable[[], None], int]:
-    """One autoencoder step as ``train_autoencoder`` runs it (GAN on from step 0)."""
+    """One autoencoder step as ``train_autoencoder`` runs it (:func:`autoencoder_step`, the
+    VAE inputs of the batch included; GAN on from step 0)."""
     stage = cfg.train.autoencoder
+    cfg = dataclasses.replace(
+        cfg, discriminator=dataclasses.replace(cfg.discriminator, start_step=0)
+    )
+    accelerator = make_accelerator(cfg, stage)
     vae = build_vae(cfg.vae).eval().requires_grad_(False)
     model = MultiModalAutoencoder(autoencoder_config(cfg)).train()
-    opt = make_optimizer(model.parameters(), stage)
+    objective = Objective(model, cfg)
+    objective.aux["vae"] = vae
     disc = (
         TripletDiscriminator(discriminator_config(cfg)) if cfg.autoencoder.gan_weight > 0 else None
     )
-    disc_opt = make_optimizer(disc.parameters(), stage) if disc is not None else None
+    opt = make_optimizer(model.parameters(), stage)
+    prepared = prepare_adversarial(accelerator, cfg, "autoencoder", objective, opt, disc)
+    objective, opt, disc, disc_opt = prepared
     video, audio, labels = clips(cfg, b)
+    batch = {"video": video, "audio": audio}
 
     def step() -> None:
-        flip = torch.rand(b) < cfg.data.hflip_prob
-        inputs = vae_inputs(vae, cfg, video, audio, cfg.autoencoder.target_frames, flip=flip)
-        loss, _, gan = autoencoder_loss(
-            model, inputs, labels, cfg, vae=vae if disc else None, discriminator=disc
-        )
-        loss.backward()
-        if stage.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), stage.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if disc is not None and gan is not None:
-            disc_opt.zero_grad(set_to_none=True)
-            discriminator_loss(disc, gan).backward()
-            disc_opt.step()
-            disc_opt.zero_grad(set_to_none=True)
+        inputs = batch_inputs(batch, vae, cfg, cfg.autoencoder.target_frames, None)
+        autoencoder_step(accelerator, objective, opt, inputs, labels, cfg, 0, disc, disc_opt)
 
     return step, count_params(model)
 

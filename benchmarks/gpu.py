@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import gc
 import sys
 import time
@@ -42,6 +43,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from common import (
     RESULTS_DIR,
     Timing,
@@ -63,9 +65,8 @@ from mmldm.models.autoencoder import MultiModalAutoencoder
 from mmldm.models.discriminator import TripletDiscriminator
 from mmldm.models.dit import MultiModalDiT
 from mmldm.networks import autoencoder_config, discriminator_config, dit_config
-from mmldm.train.autoencoder import autoencoder_loss, discriminator_loss
-from mmldm.train.common import ema_update
-from mmldm.train.generator import generator_loss
+from mmldm.train.autoencoder import Objective, autoencoder_step
+from mmldm.train.generator import generator_step
 
 # (DiT sampler, DiT steps, decoder sampler, decoder steps); few_step: a distilled decoder's
 # sampler (K unguided passes; random weights here, the cost is what is measured)
@@ -85,6 +86,10 @@ class Bench:
         self.cuda = torch.cuda.is_available() and not args.force_cpu
         self.device = torch.device("cuda" if self.cuda else "cpu")
         self.bf16 = not args.no_bf16
+        # the trainers' steps take their precision from accelerate, as in training
+        self.accelerator = Accelerator(
+            cpu=not self.cuda, mixed_precision="bf16" if self.bf16 else "no"
+        )
         if self.cuda and args.tf32:  # fp32 parts (the VAE encoding, optimizer) on tensor cores
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -188,15 +193,10 @@ class DiTTrainer:
         }
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:
+        """The trainer's own step (:func:`generator_step`), with this benchmark's precision."""
         try:
-            with self.bench.autocast():
-                loss, _ = generator_loss(self.forward, batch, self.cfg, self.abar)
-            loss.backward()
-            if self.stage.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.stage.grad_clip)
-            self.opt.step()
-            if self.ema is not None:
-                ema_update(self.ema, self.model, self.stage.ema_decay)
+            accelerator, cfg = self.bench.accelerator, self.cfg
+            generator_step(accelerator, self.forward, self.opt, batch, cfg, self.abar, 0, self.ema)
         finally:  # also after an OOM, so that a failed probe leaves no gradients behind
             self.opt.zero_grad(set_to_none=True)
 
@@ -292,6 +292,13 @@ def ae_train_section(bench: Bench, out: dict[str, Any]) -> None:
         with torch.device(dev):
             disc = TripletDiscriminator(discriminator_config(cfg)).to(dev).train()
         disc_opt = torch.optim.AdamW(disc.parameters(), lr=stage.lr, betas=tuple(stage.betas))
+    # the GAN term from the first step on; the objective holds the VAE and discriminator
+    cfg = dataclasses.replace(
+        cfg, discriminator=dataclasses.replace(cfg.discriminator, start_step=0)
+    )
+    accelerator = bench.accelerator
+    objective = Objective(model, cfg)
+    objective.aux.update(vae=vae, discriminator=disc)
     out["params"] = {
         "autoencoder": count_params(model),
         "vae": count_params(vae),
@@ -313,22 +320,11 @@ def ae_train_section(bench: Bench, out: dict[str, Any]) -> None:
             return vae_inputs(vae, cfg, video, audio, cfg.autoencoder.target_frames, flip=flip)
 
         def step(labels=labels, encode=encode):
-            try:
-                inputs = encode()  # outside autocast, as in train_autoencoder
-                with bench.autocast():
-                    loss, _, gan = autoencoder_loss(
-                        model, inputs, labels, cfg, vae=vae, discriminator=disc
-                    )
-                loss.backward()
-                if stage.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), stage.grad_clip)
-                opt.step()
-                if disc is not None and gan is not None:
-                    disc_opt.zero_grad(set_to_none=True)
-                    with bench.autocast():
-                        d_loss = discriminator_loss(disc, gan)
-                    d_loss.backward()
-                    disc_opt.step()
+            try:  # the trainer's own step, the VAE inputs outside autocast as there
+                inputs = encode()
+                autoencoder_step(
+                    accelerator, objective, opt, inputs, labels, cfg, 0, disc, disc_opt
+                )
             finally:
                 opt.zero_grad(set_to_none=True)
                 if disc is not None:

@@ -157,6 +157,36 @@ def istft(spec: torch.Tensor, s: MelSettings) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+def _check_griffin_lim_args(
+    magnitude: torch.Tensor, settings: MelSettings, n_iter: int, momentum: float
+) -> None:
+    """Raise ValueError unless ``magnitude`` is ``[..., n_fft // 2 + 1, T]`` with enough frames
+    for the reflect padding, ``n_iter >= 0`` and ``0 <= momentum < 1``."""
+    n_freq = settings.n_fft // 2 + 1
+    if magnitude.dim() < 2 or magnitude.shape[-2] != n_freq:
+        raise ValueError(
+            f"griffin_lim expects [..., {n_freq}, T] (n_fft={settings.n_fft}), "
+            f"got {tuple(magnitude.shape)}"
+        )
+    if n_iter < 0 or not 0.0 <= momentum < 1.0:
+        raise ValueError(f"need n_iter >= 0 and 0 <= momentum < 1, got {n_iter}, {momentum}")
+    frames = magnitude.shape[-1]
+    if frames * settings.hop_length <= _pad(settings):
+        raise ValueError(
+            f"{frames} frame(s) are too few for the reflect padding of n_fft={settings.n_fft}"
+        )
+
+
+def _initial_phase(mag: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Phase ``phi_0 ~ U[0, 2 pi)`` of ``mag``'s shape, device and dtype; from ``generator``
+    (CPU) or, when None, a fixed seed (0)."""
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    # Drawn on the CPU then moved, so every device starts from the same phase.
+    phase = torch.rand(mag.shape, generator=generator, dtype=torch.float64) * (2.0 * math.pi)
+    return phase.to(device=mag.device, dtype=mag.dtype)
+
+
 def griffin_lim(
     magnitude: torch.Tensor,
     settings: MelSettings,
@@ -185,26 +215,11 @@ def griffin_lim(
         ``[..., T * hop]`` waveform in ``magnitude``'s dtype, not clipped (the amplitude follows
         the magnitude's scale).
     """
-    n_freq = settings.n_fft // 2 + 1
-    if magnitude.dim() < 2 or magnitude.shape[-2] != n_freq:
-        raise ValueError(
-            f"griffin_lim expects [..., {n_freq}, T] (n_fft={settings.n_fft}), "
-            f"got {tuple(magnitude.shape)}"
-        )
-    if n_iter < 0 or not 0.0 <= momentum < 1.0:
-        raise ValueError(f"need n_iter >= 0 and 0 <= momentum < 1, got {n_iter}, {momentum}")
-    frames = magnitude.shape[-1]
-    if frames * settings.hop_length <= _pad(settings):
-        raise ValueError(
-            f"{frames} frame(s) are too few for the reflect padding of n_fft={settings.n_fft}"
-        )
+    _check_griffin_lim_args(magnitude, settings, n_iter, momentum)
+    n_freq, frames = magnitude.shape[-2:]
     batch_shape = magnitude.shape[:-2]
     mag = magnitude.reshape(-1, n_freq, frames)
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
-    # Drawn on the CPU then moved, so every device starts from the same phase.
-    phase = torch.rand(mag.shape, generator=generator, dtype=torch.float64) * (2.0 * math.pi)
-    phase = phase.to(device=mag.device, dtype=mag.dtype)
+    phase = _initial_phase(mag, generator)
 
     def project(x: torch.Tensor) -> torch.Tensor:  # onto consistent spectrograms
         return stft(istft(x, settings), settings)

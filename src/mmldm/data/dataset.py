@@ -209,6 +209,29 @@ def cache_key(path: Path, data: DataConfig, extent: tuple[float, float]) -> str:
     return hashlib.sha1(ident.encode()).hexdigest()[:20]
 
 
+def _usable_clips(entry: VideoEntry, data: DataConfig) -> tuple[tuple[float, float], list[float]]:
+    """The usable extent ``(lo, hi)`` (s) of a video and the start times (s, >= lo) of its clips.
+
+    Raises:
+        MediaError when the file is unreadable, lacks a video or audio stream, or its extent
+        holds no whole clip.
+    """
+    info = probe(entry.path)
+    if not info.has_video:
+        raise MediaError(entry.path, "has no video stream")
+    if not info.has_audio:
+        raise MediaError(entry.path, "has no audio stream")
+    lo, hi = entry.span or (0.0, info.duration)
+    hi = min(hi, info.duration)
+    starts = [lo + s for s in clip_starts(hi - lo, data.num_frames, data.fps, data.clip_stride)]
+    if not starts:
+        raise MediaError(
+            entry.path,
+            f"clip shorter than requested: {hi - lo:.2f}s usable, {data.clip_seconds:.2f}s needed",
+        )
+    return (lo, hi), starts
+
+
 # --------------------------------------------------------------------------------------------
 # The dataset
 # --------------------------------------------------------------------------------------------
@@ -243,45 +266,34 @@ class SoundingVideoDataset(Dataset):
         self.clips: list[ClipRef] = []
         self.skipped: list[tuple[Path, str]] = []
         self.runtime_skips = 0
-        clip_seconds = data.clip_seconds
         for entry in entries:
             try:
-                info = probe(entry.path)
-                if not info.has_video:
-                    raise MediaError(entry.path, "has no video stream")
-                if not info.has_audio:
-                    raise MediaError(entry.path, "has no audio stream")
-                lo, hi = entry.span or (0.0, info.duration)
-                hi = min(hi, info.duration)
-                starts = [
-                    lo + s
-                    for s in clip_starts(hi - lo, data.num_frames, data.fps, data.clip_stride)
-                ]
-                if not starts:
-                    raise MediaError(
-                        entry.path,
-                        f"clip shorter than requested: {hi - lo:.2f}s usable, "
-                        f"{clip_seconds:.2f}s needed",
-                    )
+                extent, starts = _usable_clips(entry, data)
             except MediaError as err:
                 log.warning("skipping %s", err)
                 self.skipped.append((entry.path, err.problem))
                 continue
             self.videos.append(entry)
-            self.extents.append((lo, hi))
+            self.extents.append(extent)
             self.clips += [ClipRef(len(self.videos) - 1, s) for s in starts]
+        self._report_index(len(entries))
+
+    def _report_index(self, num_entries: int) -> None:
+        """Log what was indexed and why videos were skipped; raise DatasetError if no clip is
+        left."""
         if self.skipped:
             reasons = Counter(problem.split(" (")[0].split(":")[0] for _, problem in self.skipped)
             log.warning(
                 "%s: skipped %d of %d videos (%s)",
                 self.source,
                 len(self.skipped),
-                len(entries),
+                num_entries,
                 ", ".join(f"{n} {r}" for r, n in reasons.most_common()),
             )
         if not self.clips:
             raise DatasetError(
-                f"{self.source}: no usable clip of {clip_seconds:.2f}s in {len(entries)} videos"
+                f"{self.source}: no usable clip of {self.data.clip_seconds:.2f}s in "
+                f"{num_entries} videos"
                 + (f" ({len(self.skipped)} skipped, see the warnings)" if self.skipped else "")
             )
         log.info(

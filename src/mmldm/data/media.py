@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -108,11 +110,19 @@ def _open(path: Path) -> av.container.InputContainer:
         raise MediaError(path, f"cannot be opened as a media file ({err})") from None
 
 
+def _first_streams(
+    container: av.container.InputContainer,
+) -> tuple[av.stream.Stream | None, av.stream.Stream | None]:
+    """The first video and the first audio stream of a container; None where there is none."""
+    video = container.streams.video[0] if container.streams.video else None
+    audio = container.streams.audio[0] if container.streams.audio else None
+    return video, audio
+
+
 def probe(path: str | Path) -> MediaInfo:
     path = Path(path)
     with _open(path) as container:
-        video = container.streams.video[0] if container.streams.video else None
-        audio = container.streams.audio[0] if container.streams.audio else None
+        video, audio = _first_streams(container)
         if video is None and audio is None:
             raise MediaError(path, "has neither a video nor an audio stream")
         main = video or audio
@@ -161,58 +171,18 @@ def read_media(
     if audio and not sample_rate:
         raise ValueError("read_media: sample_rate is required to read audio")
     with _open(path) as container:
-        vstream = container.streams.video[0] if container.streams.video else None
-        astream = container.streams.audio[0] if container.streams.audio else None
-        if video and vstream is None:
-            raise MediaError(path, "has no video stream")
-        if audio and astream is None:
-            raise MediaError(path, "has no audio stream")
-        streams = [s for s, want in ((vstream, video), (astream, audio)) if want]
+        vstream, astream = _wanted_streams(path, container, video, audio)
         origin = _stream_origin(vstream if vstream is not None else astream)
         end = None if duration is None else start + duration
         if start > 0:
-            anchor = vstream if video else astream
-            try:
-                container.seek(
-                    int((start + origin) / anchor.time_base), stream=anchor, backward=True
-                )
-            except av.error.FFmpegError as err:
-                raise MediaError(path, f"cannot seek to {start:.2f}s ({err})") from None
+            _seek(path, container, vstream if video else astream, start, origin)
         src_fps = (
             float(vstream.average_rate) if vstream is not None and vstream.average_rate else None
         )
-        collector = _FrameCollector(start, end, grid_fps, src_fps)
-        chunks: list[np.ndarray] = []
-        audio_start = None
-        resampler = (
-            # keep the channels through resampling, then average them: FFmpeg's own downmix
-            # scales by 1/sqrt(2) per channel, which would make a centred stereo source louder
-            av.AudioResampler(format="fltp", rate=sample_rate) if audio else None
-        )
-        video_done, audio_done = not video, not audio
-        try:
-            for packet in container.demux(streams):
-                if video_done and audio_done:
-                    break
-                for frame in packet.decode():
-                    t = (frame.time if frame.time is not None else 0.0) - origin
-                    if isinstance(frame, av.VideoFrame):
-                        if not video_done:
-                            video_done = not collector.add(frame, t)
-                    elif not audio_done:
-                        assert resampler is not None
-                        for out in resampler.resample(frame):
-                            if audio_start is None:
-                                audio_start = t
-                            chunks.append(out.to_ndarray().mean(axis=0))
-                        if end is not None and t > end + 0.1:
-                            audio_done = True
-            if resampler is not None:
-                for out in resampler.resample(None):
-                    chunks.append(out.to_ndarray().mean(axis=0))
-        except av.error.FFmpegError as err:
-            raise MediaError(path, f"corrupt or truncated data while decoding ({err})") from None
-
+        collector = _FrameCollector(start, end, grid_fps, src_fps) if video else None
+        sound = _AudioCollector(sample_rate, end) if audio else None
+        streams = [s for s, want in ((vstream, video), (astream, audio)) if want]
+        _decode(path, container, streams, origin, collector, sound)
         media = Media(
             path=path,
             frames=None,
@@ -221,24 +191,74 @@ def read_media(
             audio=None,
             sample_rate=sample_rate if audio else None,
         )
-        if video:
-            assert vstream is not None
-            frames, times = collector.finish()
-            if not frames:
-                raise MediaError(path, f"no decodable video frames at {start:.2f}s")
+        if collector is not None:
             media.fps = grid_fps or src_fps
-            media.frames = np.stack(frames)
-            media.frame_times = np.asarray(times, dtype=np.float64)
-            _check_complete(path, vstream, media.frame_times, media.fps, start, end, grid_fps)
-        if audio:
-            if not chunks:
-                raise MediaError(path, "the audio stream holds no samples")
-            # lossy codecs overshoot full scale a little; every consumer expects [-1, 1]
-            samples = np.clip(np.concatenate(chunks), -1.0, 1.0).astype(np.float32)
-            media.audio, media.audio_start = _cut_audio(
-                path, samples, audio_start or 0.0, sample_rate, start, end
+            media.frames, media.frame_times = _validated_frames(
+                path, collector, vstream, media.fps, start, end, grid_fps
             )
+        if sound is not None:
+            media.audio, media.audio_start = _validated_audio(path, sound, sample_rate, start, end)
         return media
+
+
+def _wanted_streams(
+    path: Path, container: av.container.InputContainer, video: bool, audio: bool
+) -> tuple[av.stream.Stream | None, av.stream.Stream | None]:
+    """The first video and audio streams; a wanted one that is missing raises MediaError."""
+    vstream, astream = _first_streams(container)
+    if video and vstream is None:
+        raise MediaError(path, "has no video stream")
+    if audio and astream is None:
+        raise MediaError(path, "has no audio stream")
+    return vstream, astream
+
+
+def _seek(
+    path: Path,
+    container: av.container.InputContainer,
+    anchor: av.stream.Stream,
+    start: float,
+    origin: float,
+) -> None:
+    """Jump to the keyframe at or before ``start`` (s on the video clock) of ``anchor``."""
+    try:
+        container.seek(int((start + origin) / anchor.time_base), stream=anchor, backward=True)
+    except av.error.FFmpegError as err:
+        raise MediaError(path, f"cannot seek to {start:.2f}s ({err})") from None
+
+
+def _decode(
+    path: Path,
+    container: av.container.InputContainer,
+    streams: list[av.stream.Stream],
+    origin: float,
+    collector: _FrameCollector | None,
+    sound: _AudioCollector | None,
+) -> None:
+    """Demux ``streams`` once, handing each decoded frame to the collector of its kind.
+
+    Video and audio are interleaved in the file, so both are decoded in the same pass; a
+    collector that is None (stream not wanted) or already complete gets no more frames, and
+    decoding stops once neither wants more. Frame times are on the video clock (``- origin``).
+    """
+    video_done, audio_done = collector is None, sound is None
+    try:
+        for packet in container.demux(streams):
+            if video_done and audio_done:
+                break
+            for frame in packet.decode():
+                t = (frame.time if frame.time is not None else 0.0) - origin
+                if isinstance(frame, av.VideoFrame):
+                    if not video_done:
+                        assert collector is not None
+                        video_done = not collector.add(frame, t)
+                elif not audio_done:
+                    assert sound is not None
+                    audio_done = not sound.add(frame, t)
+        if sound is not None:
+            sound.flush()
+    except av.error.FFmpegError as err:
+        raise MediaError(path, f"corrupt or truncated data while decoding ({err})") from None
 
 
 def _stream_origin(stream: av.stream.Stream | None) -> float:
@@ -296,6 +316,75 @@ class _FrameCollector:
             self._emit(self.pending[1] + (self.src_step or 1.0 / self.grid_fps))
             self.pending = None
         return self.frames, self.times
+
+
+class _AudioCollector:
+    """Resampled mono chunks of the first audio track, from the seek point to just past ``end``.
+
+    ``chunks`` are ``float32 [n]`` arrays in (about) [-1, 1]; ``start`` is the time (s, video
+    clock) of the first decoded frame, i.e. of the first sample of the first chunk.
+    """
+
+    def __init__(self, sample_rate: int | None, end: float | None) -> None:
+        # keep the channels through resampling, then average them: FFmpeg's own downmix
+        # scales by 1/sqrt(2) per channel, which would make a centred stereo source louder
+        self.resampler = av.AudioResampler(format="fltp", rate=sample_rate)
+        self.end = end
+        self.chunks: list[np.ndarray] = []
+        self.start: float | None = None
+
+    def add(self, frame: av.AudioFrame, t: float) -> bool:
+        """Take one decoded frame starting at ``t`` s; False once past the span."""
+        for out in self.resampler.resample(frame):
+            if self.start is None:
+                self.start = t
+            self.chunks.append(out.to_ndarray().mean(axis=0))
+        return not (self.end is not None and t > self.end + 0.1)
+
+    def flush(self) -> None:
+        """Collect the samples still held inside the resampler."""
+        for out in self.resampler.resample(None):
+            self.chunks.append(out.to_ndarray().mean(axis=0))
+
+
+def _validated_frames(
+    path: Path,
+    collector: _FrameCollector,
+    vstream: av.stream.Stream,
+    fps: float | None,
+    start: float,
+    end: float | None,
+    grid_fps: float | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The collected frames ``uint8 [T, H, W, 3]`` and their times ``float64 [T]`` (s).
+
+    Raises MediaError when no frame decoded or the frames stop short (see _check_complete).
+    """
+    frames, times = collector.finish()
+    if not frames:
+        raise MediaError(path, f"no decodable video frames at {start:.2f}s")
+    stacked = np.stack(frames)
+    frame_times = np.asarray(times, dtype=np.float64)
+    _check_complete(path, vstream, frame_times, fps, start, end, grid_fps)
+    return stacked, frame_times
+
+
+def _validated_audio(
+    path: Path,
+    sound: _AudioCollector,
+    sample_rate: int | None,
+    start: float,
+    end: float | None,
+) -> tuple[np.ndarray, float]:
+    """The collected audio cut to [start, end): ``float32 [N]`` in [-1, 1] and its start (s).
+
+    Raises MediaError when the stream held no samples or does not cover the span.
+    """
+    if not sound.chunks:
+        raise MediaError(path, "the audio stream holds no samples")
+    # lossy codecs overshoot full scale a little; every consumer expects [-1, 1]
+    samples = np.clip(np.concatenate(sound.chunks), -1.0, 1.0).astype(np.float32)
+    return _cut_audio(path, samples, sound.start or 0.0, sample_rate, start, end)
 
 
 def _check_complete(path, vstream, times, fps, start, end, grid_fps) -> None:
@@ -365,6 +454,24 @@ def _tmp_beside(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
 
 
+@contextmanager
+def _written_atomically(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write to; it replaces ``path`` when the block
+    succeeds and is removed either way, so that a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_beside(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _clipped_mono(audio: np.ndarray) -> np.ndarray:
+    """``float32 [N]`` audio clipped to [-1, 1]."""
+    return np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
+
+
 def to_uint8_frames(frames: np.ndarray) -> np.ndarray:
     """uint8 frames pass through; float frames in [-1, 1] are mapped to [0, 255]."""
     frames = np.asarray(frames)
@@ -393,6 +500,28 @@ def write_video(
     """
     path = Path(path)
     frames = to_uint8_frames(frames)
+    _check_video_args(path, frames, audio, sample_rate)
+    with _written_atomically(path) as tmp:
+        rate = Fraction(fps).limit_denominator(1001)
+        with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+            # every stream is added before the first packet is muxed (that writes the header)
+            vstream = _add_video_stream(out, rate, frames.shape[2], frames.shape[1], crf)
+            astream = None
+            if audio is not None:
+                astream = out.add_stream("aac", rate=sample_rate, layout="mono")
+                astream.bit_rate = 128_000
+            _encode_frames(out, vstream, frames, rate)
+            if astream is not None:
+                assert audio is not None and sample_rate is not None
+                _encode_audio(out, astream, _clipped_mono(audio), sample_rate)
+    return path
+
+
+def _check_video_args(
+    path: Path, frames: np.ndarray, audio: np.ndarray | None, sample_rate: int | None
+) -> None:
+    """Raise ValueError unless frames are ``uint8 [T>0, H, W, 3]`` with even H and W, and a
+    sample rate comes with any audio."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise ValueError(f"write_video {path}: frames must be [T, H, W, 3], got {frames.shape}")
     height, width = frames.shape[1:3]
@@ -400,54 +529,52 @@ def write_video(
         raise ValueError(f"write_video {path}: H.264 needs even sizes, got {width}x{height}")
     if audio is not None and not sample_rate:
         raise ValueError(f"write_video {path}: sample_rate is required with audio")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_beside(path)
-    rate = Fraction(fps).limit_denominator(1001)
-    try:
-        with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
-            vstream = out.add_stream("libx264", rate=rate)
-            vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
-            # one encoder thread: threaded x264 gave different bytes (and decoded frames) for
-            # the same input, and the same seed must give the same files
-            vstream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
-            vstream.codec_context.thread_count = 1
-            astream = None
-            if audio is not None:
-                astream = out.add_stream("aac", rate=sample_rate, layout="mono")
-                astream.bit_rate = 128_000
-            for i, image in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-                frame.pts = i
-                frame.time_base = 1 / rate
-                out.mux(vstream.encode(frame))
-            out.mux(vstream.encode(None))
-            if astream is not None:
-                assert audio is not None and sample_rate is not None
-                wave = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
-                chunk = 1024
-                for offset in range(0, wave.size, chunk):
-                    piece = np.ascontiguousarray(wave[offset : offset + chunk][None, :])
-                    frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
-                    frame.sample_rate = sample_rate
-                    frame.pts = offset
-                    frame.time_base = Fraction(1, sample_rate)
-                    out.mux(astream.encode(frame))
-                out.mux(astream.encode(None))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+
+def _add_video_stream(
+    out: av.container.OutputContainer, rate: Fraction, width: int, height: int, crf: int
+) -> av.stream.Stream:
+    """An H.264 yuv420p stream of ``width`` x ``height`` at ``rate`` frames/s, quality ``crf``."""
+    vstream = out.add_stream("libx264", rate=rate)
+    vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
+    # one encoder thread: threaded x264 gave different bytes (and decoded frames) for
+    # the same input, and the same seed must give the same files
+    vstream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+    vstream.codec_context.thread_count = 1
+    return vstream
+
+
+def _encode_frames(
+    out: av.container.OutputContainer, vstream: av.stream.Stream, frames: np.ndarray, rate: Fraction
+) -> None:
+    """Encode and mux ``uint8 [T, H, W, 3]`` RGB frames, frame i at i / rate s, then flush."""
+    for i, image in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        frame.pts = i
+        frame.time_base = 1 / rate
+        out.mux(vstream.encode(frame))
+    out.mux(vstream.encode(None))
+
+
+def _encode_audio(
+    out: av.container.OutputContainer, astream: av.stream.Stream, wave: np.ndarray, rate: int
+) -> None:
+    """Encode and mux ``float32 [N]`` mono audio in [-1, 1] at ``rate`` Hz, then flush."""
+    chunk = 1024
+    for offset in range(0, wave.size, chunk):
+        piece = np.ascontiguousarray(wave[offset : offset + chunk][None, :])
+        frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
+        frame.sample_rate = rate
+        frame.pts = offset
+        frame.time_base = Fraction(1, rate)
+        out.mux(astream.encode(frame))
+    out.mux(astream.encode(None))
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     """16-bit PCM wav of mono float audio in [-1, 1] (clipped), written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_beside(path)
-    wave = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    try:
+    with _written_atomically(path) as tmp:
+        wave = _clipped_mono(audio)
         soundfile.write(str(tmp), wave, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

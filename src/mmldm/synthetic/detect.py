@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmldm.synthetic.families import check_family, class_table
+from mmldm.synthetic.classes import check_family, class_table
 
 _MIN_CONTRAST = 40.0  # 0..255 scale: weaker peaks are noise, not the ball
 _END_GUARD = 0.01  # seconds at the end of a waveform where onsets are ignored
@@ -113,7 +113,7 @@ def detect_video_class(frames, num_classes: int, family: str = "ball") -> int:
 
     Args:
         frames: see the module docstring for the accepted layouts.
-        num_classes: K; classes as in :func:`mmldm.synthetic.families.class_table`.
+        num_classes: K; classes as in :func:`mmldm.synthetic.classes.class_table`.
         family: whose class table.
 
     In each frame the pixels whose (smoothed) distance to the background colour exceeds 60%
@@ -291,6 +291,58 @@ def detect_bounces(frames, fps: float, positions: np.ndarray | None = None) -> n
     return np.sort(np.asarray(times, np.float64)) / fps
 
 
+def _short_frames(x: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int, int]:
+    """4 ms frames every 1 ms (at least 16 samples, hop at least 1) of a signal ``[N]``:
+    frames ``[M, length]``, length and hop in samples; frame m is centred on
+    ``(m * hop + length / 2) / sample_rate`` seconds."""
+    length = max(16, int(round(0.004 * sample_rate)))
+    hop = max(1, int(round(0.001 * sample_rate)))
+    return _frame_signal(x, length, hop), length, hop
+
+
+def _run_starts(mask: np.ndarray) -> np.ndarray:
+    """Indices ``[R]`` where a run of True starts in a boolean ``[M]``, increasing."""
+    return np.flatnonzero(mask & ~np.concatenate([[False], mask[:-1]]))
+
+
+def _first_of_clusters(times, min_gap: float, duration: float) -> np.ndarray:
+    """The first of each cluster of event times (s, in detection order): float64 ``[E]``.
+
+    A time within ``min_gap`` of the previous one (kept or not) continues its cluster. The
+    first time in the last ``_END_GUARD`` seconds of the ``duration``-second signal ends the
+    search: a step where a truncated or zero-padded signal ends, not an event.
+    """
+    onsets: list[float] = []
+    last = None
+    for t in times:
+        if t > duration - _END_GUARD:
+            break
+        if last is None or t - last >= min_gap:
+            onsets.append(t)
+        last = t
+    return np.asarray(onsets, np.float64)
+
+
+def _broadband_level(frames: np.ndarray) -> np.ndarray:
+    """Level (dB, ``[M]``) of windowed frames ``[M, L]``: the median magnitude over frequency
+    (without DC), which a tone leaves alone and a click raises."""
+    mag = np.abs(np.fft.rfft(frames, axis=1))[:, 1:]  # without DC
+    return 20.0 * np.log10(np.median(mag, axis=1) + 1e-9)
+
+
+def _onset_frame(level: np.ndarray, k: int, reach: int, threshold: float, onset_db: float) -> float:
+    """Sub-frame index where the click crossing ``threshold`` (dB) at frame ``k`` starts: where
+    the level first comes within ``onset_db`` of its loudest over the next ``reach`` frames
+    (or reaches the threshold, if higher), linearly interpolated between frames."""
+    window = level[k : k + reach]
+    target = max(float(window.max()) - onset_db, threshold)
+    j = k + int(np.argmax(window >= target))  # the first frame that reaches the target
+    position = float(j)
+    if j > 0 and level[j - 1] < target:  # interpolate the crossing between j - 1 and j
+        position = j - 1 + (target - level[j - 1]) / (level[j] - level[j - 1])
+    return position
+
+
 def detect_clicks(
     wave,
     sample_rate: int,
@@ -309,13 +361,13 @@ def detect_clicks(
             continue its cluster, which gives one onset: bounces closer than ``min_gap`` to
             the one before give no click of their own.
         min_rise_db: the least rise over the clip's floor that counts as a click.
+        drop_db: the detection threshold lies at most this many dB below the loudest level.
         onset_db: the onset is where the level comes within this many dB of the click's peak.
-        rel_threshold: the detection threshold, as a fraction of the clip's dB range.
 
     The level is the median magnitude over frequency of 4 ms Hann frames every 1 ms: a tone
     fills a few bins and leaves the median alone, a click raises every bin. A click is found
-    where the level crosses ``floor + max(min_rise_db, rel_threshold * (loudest - floor))``
-    dB, the floor being the clip's median level. The relative threshold rejects the broadband
+    where the level crosses ``max(floor + min_rise_db, loudest - drop_db)`` dB, the floor
+    being the clip's median level. The threshold relative to the loudest rejects the broadband
     bursts of AAC coding noise (up to ~0.55 of the range over high tones; clicks reach >= 0.8).
     The onset is then placed where the level first comes within ``onset_db`` of the loudest
     level of the next 30 ms (or reaches the threshold, if higher); this skips the quieter
@@ -326,37 +378,19 @@ def detect_clicks(
     Returns float64 ``[C]``.
     """
     x = _audio_to_float(wave)
-    length = max(16, int(round(0.004 * sample_rate)))
-    hop = max(1, int(round(0.001 * sample_rate)))
-    frames = _frame_signal(x, length, hop) * np.hanning(length)
-    mag = np.abs(np.fft.rfft(frames, axis=1))[:, 1:]  # without DC
-    level = 20.0 * np.log10(np.median(mag, axis=1) + 1e-9)
+    frames, length, hop = _short_frames(x, sample_rate)
+    level = _broadband_level(frames * np.hanning(length))
     floor, loudest = float(np.median(level)), float(level.max())
     threshold = max(floor + min_rise_db, loudest - drop_db)
     if loudest < threshold:
         return np.zeros(0)
-    above = level >= threshold
-    starts = np.flatnonzero(above[1:] & ~above[:-1]) + 1
-    if above[0]:
-        starts = np.concatenate([[0], starts])
     reach = max(1, int(round(0.03 * sample_rate / hop)))
-    onsets: list[float] = []
-    last = None
-    for k in starts:
-        window = level[k : k + reach]
-        target = max(float(window.max()) - onset_db, threshold)
-        j = k + int(np.argmax(window >= target))  # the first frame that reaches the target
-        position = float(j)
-        if j > 0 and level[j - 1] < target:  # interpolate the crossing between j - 1 and j
-            position = j - 1 + (target - level[j - 1]) / (level[j] - level[j - 1])
-        t = (position * hop + 0.5 * length) / sample_rate
-        if t > x.size / sample_rate - _END_GUARD:
-            break  # a step where a truncated or zero-padded signal ends, not a click
-        # A crossing within min_gap of the previous one (kept or not) continues its cluster.
-        if last is None or t - last >= min_gap:
-            onsets.append(t)
-        last = t
-    return np.asarray(onsets, np.float64)
+    times = (
+        (_onset_frame(level, k, reach, threshold, onset_db) * hop + 0.5 * length) / sample_rate
+        for k in _run_starts(level >= threshold)
+    )
+    # A crossing within min_gap of the previous one (kept or not) continues its cluster.
+    return _first_of_clusters(times, min_gap, x.size / sample_rate)
 
 
 def detect_object_sizes(frames) -> np.ndarray:
@@ -379,7 +413,7 @@ def detect_swells(frames, fps: float, min_ratio: float = 1.12) -> np.ndarray:
     size = detect_object_sizes(frames)
     with np.errstate(invalid="ignore", divide="ignore"):
         rising = size[1:] >= min_ratio * size[:-1]  # NaN compares False
-    starts = np.flatnonzero(rising & ~np.concatenate([[False], rising[:-1]])) + 1
+    starts = _run_starts(rising) + 1
     return (starts - 0.5) / fps
 
 
@@ -404,9 +438,7 @@ def detect_onsets(
     tonal note that starts loud is enough. Returns float64 ``[E]``.
     """
     x = _audio_to_float(wave)
-    length = max(16, int(round(0.004 * sample_rate)))
-    hop = max(1, int(round(0.001 * sample_rate)))
-    frames = _frame_signal(x, length, hop)
+    frames, length, hop = _short_frames(x, sample_rate)
     level = 10.0 * np.log10((frames**2).mean(axis=1) + 1e-12)
     back = max(1, int(round(lookback * sample_rate / hop)))
     padded = np.concatenate([np.full(back, np.inf), level])
@@ -415,18 +447,9 @@ def detect_onsets(
     ahead = np.concatenate([level, np.full(reach - 1, -np.inf)])
     coming = np.max(np.lib.stride_tricks.sliding_window_view(ahead, reach), axis=1)  # next 30 ms
     above = (level - floor >= rise_db) & (coming >= level.max() - near_peak_db)
-    onsets: list[float] = []
-    last = None
-    for k in np.flatnonzero(above & ~np.concatenate([[False], above[:-1]])):
-        t = (k * hop + 0.5 * length) / sample_rate
-        if t < start_guard:
-            continue
-        if t > x.size / sample_rate - _END_GUARD:
-            break
-        if last is None or t - last >= min_gap:
-            onsets.append(t)
-        last = t
-    return np.asarray(onsets, np.float64)
+    times = ((k * hop + 0.5 * length) / sample_rate for k in _run_starts(above))
+    kept = (t for t in times if t >= start_guard)  # a fade-in, not a note
+    return _first_of_clusters(kept, min_gap, x.size / sample_rate)
 
 
 # Each family's audio-visual event, as seen in each modality.

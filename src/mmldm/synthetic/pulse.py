@@ -1,7 +1,8 @@
 """The ``pulse`` family of synthetic sounding videos: a second, independent benchmark.
 
-It shares nothing with the ball family but the clip record and the dataset writer
-(:mod:`mmldm.synthetic.families`), so that settings chosen on the ball set can be checked here:
+It shares nothing with the ball family (:mod:`mmldm.synthetic.ball`) but the clip record
+(:mod:`mmldm.synthetic.clip`) and the dataset writer (:mod:`mmldm.synthetic.families`), so that
+settings chosen on the ball set can be checked here:
 
 * shape: a filled square (half side ``resolution / 10``, at least 2.5 px) on a mid-grey
   background, in one of the family's own hues (orange, azure, chartreuse, rose, ...);
@@ -20,11 +21,13 @@ Geometry and time conventions are those of :mod:`mmldm.synthetic.families`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from mmldm.config import DataConfig
-from mmldm.synthetic.families import SyntheticClip, check_pitches, class_table
+from mmldm.synthetic.clip import ClipSpec, SyntheticClip, clip_spec, composite, fade_ends
 
 BACKGROUND = (96, 96, 96)
 SWELL = 0.7  # the side grows by this fraction at an event
@@ -68,9 +71,72 @@ def _render_squares(positions: np.ndarray, halves: np.ndarray, size: int, rgb) -
     cover_x = np.clip(h + 0.5 - np.abs(centres[None] - positions[:, 0, None]), 0.0, 1.0)
     cover_y = np.clip(h + 0.5 - np.abs(centres[None] - positions[:, 1, None]), 0.0, 1.0)
     coverage = (cover_y[:, :, None] * cover_x[:, None, :])[..., None]  # [T, S, S, 1]
-    back = np.asarray(BACKGROUND, np.float64)
-    frames = back + coverage * (np.asarray(rgb, np.float64) - back)
-    return np.clip(np.round(frames), 0, 255).astype(np.uint8)
+    return composite(coverage, rgb, BACKGROUND)
+
+
+@dataclass(frozen=True)
+class _Orbit:
+    """The square's circular path: ``radius`` px around ``centre`` px (both axes), at
+    ``omega`` radians / s (sign: direction), at angle ``phase`` radians at time 0."""
+
+    centre: float
+    radius: float
+    omega: float
+    phase: float
+
+    def at(self, t: np.ndarray) -> np.ndarray:
+        """Centre (x, y) px at times ``t`` (s, ``[M]``): float64 ``[M, 2]``."""
+        angle = self.phase + self.omega * t
+        return np.stack(
+            [self.centre + self.radius * np.cos(angle), self.centre + self.radius * np.sin(angle)],
+            axis=-1,
+        )
+
+    def details(self) -> dict[str, Any]:
+        """The orbit as stored in the sidecar (``orbit``)."""
+        return {
+            "centre": [self.centre, self.centre],
+            "radius": float(self.radius),
+            "radians_per_second": float(self.omega),
+            "phase": float(self.phase),
+        }
+
+
+def _draw_orbit(rng: np.random.Generator, size: int) -> _Orbit:
+    """Draw the orbit's radius, angular speed, direction and phase, in this order, for a frame
+    of ``size`` px."""
+    radius = rng.uniform(*ORBIT_RADIUS) * size
+    omega = 2.0 * math.pi * rng.uniform(*TURNS_PER_SECOND) * rng.choice([-1.0, 1.0])
+    phase = rng.uniform(0.0, 2.0 * math.pi)
+    return _Orbit(size / 2.0, radius, omega, phase)
+
+
+def _draw_events(rng: np.random.Generator, duration: float) -> np.ndarray:
+    """Event times (s, float64 ``[E]``, increasing): the first, then gaps until 20 ms before
+    the end of the ``duration``-second clip."""
+    events = []
+    t = rng.uniform(*FIRST_EVENT_SECONDS)
+    while t < duration - 0.02:
+        events.append(t)
+        t += rng.uniform(*EVENT_GAP_SECONDS)
+    return np.asarray(events, np.float64)
+
+
+def _synthesize_audio(
+    rng: np.random.Generator, spec: ClipSpec, event_times: np.ndarray
+) -> np.ndarray:
+    """The harmonic tone (random phase per partial, in order) under a drone + plucked-note
+    envelope: float32 ``[N]`` in [-1, 1]."""
+    base = spec.entry["base_pitch_hz"]
+    sample_times = spec.sample_times
+    tone = sum(
+        a * np.sin(2.0 * np.pi * (k + 1) * base * sample_times + rng.uniform(0, 2 * np.pi))
+        for k, a in enumerate(PARTIALS)
+    ) / sum(PARTIALS)
+    notes = _decays(sample_times, event_times, NOTE_DECAY_SECONDS, NOTE_ATTACK_SECONDS)
+    envelope = DRONE_AMPLITUDE + NOTE_AMPLITUDE * notes.sum(axis=1)
+    fade_ends(envelope, spec.sample_rate)  # no spurious onset at the ends
+    return np.clip(envelope * tone, -1.0, 1.0).astype(np.float32)
 
 
 def pulse_clip(
@@ -83,71 +149,24 @@ def pulse_clip(
         data: uses ``num_classes``, ``fps``, ``resolution``, ``sample_rate``.
         duration: seconds; ``T = max(1, round(duration * fps))`` frames, audio ``T / fps`` s.
     """
-    table = class_table(data.num_classes, "pulse")
-    if not 0 <= class_index < len(table):
-        raise ValueError(f"class_index {class_index} outside 0..{len(table) - 1}")
-    check_pitches(data, "pulse")
-    entry = table[class_index]
-    fps, rate, size = float(data.fps), int(data.sample_rate), int(data.resolution)
-    num_frames = max(1, int(round(duration * fps)))
-    duration = num_frames / fps
-    num_samples = int(round(duration * rate))
+    spec = clip_spec(data, class_index, duration, "pulse")
+    # The draws keep their order (orbit, events, partial phases): a seed gives the same clip.
+    orbit = _draw_orbit(rng, spec.size)
+    event_times = _draw_events(rng, spec.duration)
 
-    radius = rng.uniform(*ORBIT_RADIUS) * size
-    omega = 2.0 * math.pi * rng.uniform(*TURNS_PER_SECOND) * rng.choice([-1.0, 1.0])
-    phase = rng.uniform(0.0, 2.0 * math.pi)
-    events = []
-    t = rng.uniform(*FIRST_EVENT_SECONDS)
-    while t < duration - 0.02:
-        events.append(t)
-        t += rng.uniform(*EVENT_GAP_SECONDS)
-    event_times = np.asarray(events, np.float64)
-
-    frame_times = np.arange(num_frames) / fps
-    angle = phase + omega * frame_times
-    centre = size / 2.0
-    positions = np.stack(
-        [centre + radius * np.cos(angle), centre + radius * np.sin(angle)], axis=-1
-    )
+    frame_times = spec.frame_times
+    positions = orbit.at(frame_times)
     swell = _decays(frame_times, event_times, SWELL_SECONDS).sum(axis=1)
-    halves = half_side(size) * (1.0 + SWELL * swell)
-    frames = _render_squares(positions, halves, size, entry["rgb"])
+    halves = half_side(spec.size) * (1.0 + SWELL * swell)
+    frames = _render_squares(positions, halves, spec.size, spec.entry["rgb"])
 
-    base = entry["base_pitch_hz"]
-    sample_times = np.arange(num_samples) / rate
-    tone = sum(
-        a * np.sin(2.0 * np.pi * (k + 1) * base * sample_times + rng.uniform(0, 2 * np.pi))
-        for k, a in enumerate(PARTIALS)
-    ) / sum(PARTIALS)
-    notes = _decays(sample_times, event_times, NOTE_DECAY_SECONDS, NOTE_ATTACK_SECONDS)
-    envelope = DRONE_AMPLITUDE + NOTE_AMPLITUDE * notes.sum(axis=1)
-    fade = min(int(0.01 * rate), num_samples // 2)
-    if fade > 0:  # no spurious onset at the ends
-        ramp = 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, fade))
-        envelope[:fade] *= ramp
-        envelope[num_samples - fade :] *= ramp[::-1]
-    audio = np.clip(envelope * tone, -1.0, 1.0).astype(np.float32)
+    audio = _synthesize_audio(rng, spec, event_times)
 
-    return SyntheticClip(
-        frames=frames,
-        audio=audio,
-        fps=fps,
-        sample_rate=rate,
-        class_index=class_index,
-        num_classes=data.num_classes,
-        positions=positions,
-        event_times=event_times,
-        pitch_hz=np.full(num_frames, base),
-        family="pulse",
-        details={
-            "background_rgb": list(BACKGROUND),
-            "half_side": half_side(size),
-            "half_sides": [float(h) for h in halves],
-            "orbit": {
-                "centre": [centre, centre],
-                "radius": float(radius),
-                "radians_per_second": float(omega),
-                "phase": float(phase),
-            },
-        },
-    )
+    details = {
+        "background_rgb": list(BACKGROUND),
+        "half_side": half_side(spec.size),
+        "half_sides": [float(h) for h in halves],
+        "orbit": orbit.details(),
+    }
+    pitch_hz = np.full(spec.num_frames, spec.entry["base_pitch_hz"])
+    return spec.record(frames, audio, positions, event_times, pitch_hz, details)

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmldm.synthetic.classes import FAMILIES, class_table, max_classes
 from mmldm.synthetic.detect import (
     detect_audio_class,
     detect_audio_events,
@@ -56,7 +57,6 @@ from mmldm.synthetic.detect import (
     match_pairs,
     visible_window,
 )
-from mmldm.synthetic.families import FAMILIES, class_table, max_classes
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,52 @@ def path_consistency(positions: np.ndarray, max_step: float) -> tuple[int, int]:
     return int(np.sum(steps <= max_step + STEP_MARGIN)), len(steps)
 
 
+def _class_accuracies(
+    found: Sequence[Detections], labels: Sequence[int | None]
+) -> dict[str, float]:
+    """``video_class_accuracy`` / ``audio_class_accuracy``: the share of samples i with a
+    known ``labels[i]`` whose ``found[i]`` has that class; empty when no label is known."""
+    labelled = [i for i, label in enumerate(labels) if label is not None]
+    if not labelled:
+        return {}
+    return {
+        f"{modality}_class_accuracy": float(
+            np.mean([getattr(found[i], f"{modality}_class") == labels[i] for i in labelled])
+        )
+        for modality in ("video", "audio")
+    }
+
+
+def _sync_counts(audios: Sequence[Detections], videos: Sequence[Detections]) -> np.ndarray:
+    """int ``[3]``: (matched, heard, seen) events summed over pairs: the heard events of
+    ``audios[i]`` against the seen ones of ``videos[i]``, within one frame, counted inside
+    the video's visible window."""
+    counts = np.zeros(3, dtype=int)  # matched, heard, seen
+    for audio, video in zip(audios, videos, strict=True):
+        tolerance = 1.0 / video.fps  # one frame
+        counts += event_counts(audio.audio_events, video.video_events, tolerance, video.window)
+    return counts
+
+
+def _pooled_path_consistency(
+    detections: Sequence[Detections], *, shuffle: bool, seed: int
+) -> float | None:
+    """``path_consistency`` pooled over the samples with a track and a step: steps within
+    ``max_step + 2`` px / steps, the frames in order or (``shuffle``) in a random order per
+    sample, drawn in sample order from ``seed``; None without such samples or steps."""
+    tracks = [d for d in detections if d.positions is not None and d.max_step is not None]
+    if not tracks:
+        return None
+    rng = np.random.default_rng(seed)
+    kept = total = 0
+    for d in tracks:
+        frames = len(d.positions)
+        order = rng.permutation(frames) if shuffle else np.arange(frames)
+        k, t = path_consistency(d.positions[order], d.max_step)
+        kept, total = kept + k, total + t
+    return kept / total if total else None
+
+
 def score_detections(
     detections: Sequence[Detections],
     pairing: Sequence[int] | None = None,
@@ -197,45 +243,21 @@ def score_detections(
     if n == 0:
         return {}
     p = np.arange(n) if pairing is None else np.asarray(pairing, dtype=int)
-    out: dict[str, float] = {}
-    labelled = [i for i in range(n) if detections[i].label is not None]
-    if labelled:
-        out["video_class_accuracy"] = float(
-            np.mean([detections[p[i]].video_class == detections[i].label for i in labelled])
-        )
-        out["audio_class_accuracy"] = float(
-            np.mean([detections[p[i]].audio_class == detections[i].label for i in labelled])
-        )
+    videos = [detections[p[i]] for i in range(n)]  # sample i's audio goes with videos[i]
+    out = _class_accuracies(videos, [d.label for d in detections])
     out["av_class_agreement"] = float(
         np.mean(
             [
-                detections[i].audio_class != -1
-                and detections[p[i]].video_class == detections[i].audio_class
-                for i in range(n)
+                audio.audio_class != -1 and video.video_class == audio.audio_class
+                for audio, video in zip(detections, videos, strict=True)
             ]
         )
     )
-    counts = np.zeros(3, dtype=int)  # matched, heard, seen
-    for i in range(n):
-        audio, video = detections[i], detections[p[i]]
-        tolerance = 1.0 / video.fps  # one frame
-        counts += event_counts(audio.audio_events, video.video_events, tolerance, video.window)
-    precision, recall, f1 = f1_from_counts(*counts)
+    precision, recall, f1 = f1_from_counts(*_sync_counts(detections, videos))
     out.update(sync_precision=precision, sync_recall=recall, sync_f1=f1)
-    tracks = [d for d in detections if d.positions is not None and d.max_step is not None]
-    if tracks:
-        rng = np.random.default_rng(seed)
-        kept = total = 0
-        for d in tracks:
-            order = (
-                np.arange(len(d.positions))
-                if pairing is None
-                else rng.permutation(len(d.positions))
-            )
-            k, t = path_consistency(d.positions[order], d.max_step)
-            kept, total = kept + k, total + t
-        if total:
-            out["path_consistency"] = kept / total
+    share = _pooled_path_consistency(detections, shuffle=pairing is not None, seed=seed)
+    if share is not None:
+        out["path_consistency"] = share
     return out
 
 
@@ -292,12 +314,7 @@ def reconstruction_scores(
         out["position_error_px"] = float(np.mean(errors))
     out["video_event_f1"] = f1_from_counts(*video_counts)[2]
     out["audio_event_f1"] = f1_from_counts(*audio_counts)[2]
-    labelled = [i for i in range(n) if source[p[i]].label is not None]
-    if labelled:
-        for key, attr in (("video", "video_class"), ("audio", "audio_class")):
-            out[f"{key}_class_accuracy"] = float(
-                np.mean([getattr(recon[i], attr) == source[p[i]].label for i in labelled])
-            )
+    out.update(_class_accuracies(recon, [source[p[i]].label for i in range(n)]))
     return out
 
 

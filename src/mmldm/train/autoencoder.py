@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from diffusers import UNet2DConditionModel
 from torch import nn
 
@@ -37,6 +38,7 @@ from mmldm.train.common import (
     adversarial_stage,
     make_accelerator,
     make_optimizer,
+    train_step,
     training_dataset,
 )
 from mmldm.weights import CheckpointError, load_weights
@@ -247,6 +249,35 @@ def batch_inputs(
     )
 
 
+def autoencoder_step(
+    accelerator: Accelerator,
+    objective: nn.Module,
+    opt: torch.optim.Optimizer,
+    inputs: VAEInputs,
+    labels: torch.Tensor,
+    cfg: Config,
+    step: int,
+    disc: nn.Module | None = None,
+    disc_opt: torch.optim.Optimizer | None = None,
+) -> dict[str, float]:
+    """One training step of the autoencoder (:class:`Objective`) and, from
+    ``discriminator.start_step`` on, of the discriminator; returns the logs. The modules and
+    optimizers as ``accelerator`` prepared them."""
+    gan_on = disc is not None and step >= cfg.discriminator.start_step
+    logs, _ = train_step(
+        accelerator,
+        objective,
+        opt,
+        lambda: objective(inputs, labels, gan_on),
+        grad_clip=cfg.train.autoencoder.grad_clip,
+        step=step,
+        disc=disc if gan_on else None,
+        disc_opt=disc_opt,
+        disc_loss=lambda gan: discriminator_loss(disc, gan),
+    )
+    return logs
+
+
 def train_autoencoder(
     cfg: Config,
     data: str | Path,
@@ -291,16 +322,9 @@ def train_autoencoder(
     for batch in loop:
         video, audio = batch["video"], batch["audio"]
         inputs = batch_inputs(batch, vae, cfg, cfg.autoencoder.target_frames, cache)
-        gan_on = disc is not None and loop.step >= cfg.discriminator.start_step
-        with accelerator.accumulate(objective), accelerator.autocast():
-            loss, logs, gan = objective(inputs, batch["label"], gan_on)
-            loop.backward_step(loss, objective, opt)
-        if gan_on and gan is not None:
-            disc_opt.zero_grad(set_to_none=True)  # drop what the generator loss left there
-            with accelerator.accumulate(disc), accelerator.autocast():
-                d_loss = discriminator_loss(disc, gan)
-                loop.backward_step(d_loss, disc, disc_opt, clip=False)
-            logs["loss_gan_d"] = d_loss.item()
+        logs = autoencoder_step(
+            accelerator, objective, opt, inputs, batch["label"], cfg, loop.step, disc, disc_opt
+        )
         loop.end_step(logs)
         if loop.due(cfg.train.sample_every):
             if accelerator.is_main_process:

@@ -13,8 +13,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -231,9 +232,7 @@ class TrainingLoop:
 
         loop = TrainingLoop(accelerator, cfg, "autoencoder", run, dataset, modules, optimizers)
         for batch in loop:                      # on the device, learning rates set
-            with accelerator.accumulate(objective), accelerator.autocast():
-                loss, logs = ...
-                loop.backward_step(loss, objective, opt)
+            logs, _ = train_step(accelerator, objective, opt, loss_fn, ...)
             loop.end_step(logs)                 # progress, metrics, checkpoints
         return loop.close()
 
@@ -291,21 +290,6 @@ class TrainingLoop:
                 for group in opt.param_groups:
                     group["lr"] = lr_at(self.step, self.settings)
             yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-    def backward_step(
-        self,
-        loss: torch.Tensor,
-        module: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        clip: bool = True,
-    ) -> None:
-        """Backward, gradient clipping (when the accumulated gradients sync), step, zero."""
-        finite_or_raise(loss, self.step)
-        self.accelerator.backward(loss)
-        if clip and self.settings.grad_clip and self.accelerator.sync_gradients:
-            self.accelerator.clip_grad_norm_(module.parameters(), self.settings.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
     def saves_next(self) -> bool:
         """True when the step in progress (ended by the next ``end_step``) writes a checkpoint."""
@@ -385,6 +369,77 @@ def finite_or_raise(loss: torch.Tensor, step: int) -> None:
         raise FloatingPointError(f"loss became {value} at step {step}")
 
 
+def optimizer_step(
+    accelerator: Accelerator,
+    loss: torch.Tensor,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    grad_clip: float,
+    step: int,
+) -> None:
+    """Backward, gradient clipping to ``grad_clip`` (0: none) when the accumulated gradients
+    sync, optimizer step, zero; a loss that is not finite stops training at ``step``."""
+    finite_or_raise(loss, step)
+    accelerator.backward(loss)
+    if grad_clip and accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(module.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def train_step(
+    accelerator: Accelerator,
+    module: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: Callable[[], tuple],
+    *,
+    grad_clip: float,
+    step: int,
+    disc: nn.Module | None = None,
+    disc_opt: torch.optim.Optimizer | None = None,
+    disc_loss: Callable[[Any], torch.Tensor] | None = None,
+) -> tuple[dict[str, float], Any]:
+    """One optimisation step of a stage, as its trainer runs it and the benchmarks time it.
+
+    ``loss_fn()`` is the forward of ``module``: ``(loss, logs)`` or ``(loss, logs, extra)``.
+    Its loss is back-propagated under accelerate's gradient accumulation and autocast
+    (:func:`optimizer_step`). With a discriminator, ``disc_loss(extra)`` then gets a step of its
+    own, unclipped, unless ``extra`` is None (the discriminator is off). Returns (logs, extra).
+    """
+    with accelerator.accumulate(module), accelerator.autocast():
+        loss, logs, *rest = loss_fn()
+        optimizer_step(accelerator, loss, module, opt, grad_clip, step)
+    extra = rest[0] if rest else None
+    if disc is not None and extra is not None:
+        disc_opt.zero_grad(set_to_none=True)  # drop what the generator's term left there
+        with accelerator.accumulate(disc), accelerator.autocast():
+            d_loss = disc_loss(extra)
+            optimizer_step(accelerator, d_loss, disc, disc_opt, 0.0, step)
+        logs["loss_gan_d"] = d_loss.item()
+    return logs, extra
+
+
+def prepare_adversarial(
+    accelerator: Accelerator,
+    cfg: Config,
+    stage: str,
+    objective: nn.Module,
+    opt: torch.optim.Optimizer,
+    disc: nn.Module | None,
+):
+    """accelerate-prepares ``objective`` with ``opt`` and, when given, ``disc`` with an
+    optimizer of its own (``train.<stage>`` settings), handed to the objective as
+    ``aux["discriminator"]``. Returns (objective, opt, disc, disc_opt), prepared; the last two
+    are None without a discriminator."""
+    if disc is None:
+        objective, opt = accelerator.prepare(objective, opt)
+        return objective, opt, None, None
+    disc_opt = make_optimizer(disc.parameters(), getattr(cfg.train, stage))
+    objective, opt, disc, disc_opt = accelerator.prepare(objective, opt, disc, disc_opt)
+    accelerator.unwrap_model(objective).aux["discriminator"] = accelerator.unwrap_model(disc)
+    return objective, opt, disc, disc_opt
+
+
 def adversarial_stage(
     accelerator: Accelerator,
     cfg: Config,
@@ -399,25 +454,18 @@ def adversarial_stage(
     resume: bool = False,
     max_steps: int | None = None,
 ):
-    """The set-up the stages with an optional discriminator share (VAE, autoencoder).
-
-    accelerate-prepares ``objective`` with ``opt`` (the optimizer of the first of ``modules``,
-    saved under its name) and, when given, ``disc`` with an optimizer of its own (saved as
-    "discriminator", and handed to the objective as ``aux["discriminator"]``); then builds the
-    :class:`TrainingLoop`. Returns (loop, objective, opt, disc, disc_opt), prepared; the last two
-    are None without a discriminator.
+    """The set-up the stages with an optional discriminator share (VAE, autoencoder):
+    :func:`prepare_adversarial`, then the :class:`TrainingLoop` that saves ``modules`` (the
+    first one's optimizer is ``opt``) and the discriminator. Returns (loop, objective, opt,
+    disc, disc_opt), prepared; the last two are None without a discriminator.
     """
+    objective, opt, disc, disc_opt = prepare_adversarial(
+        accelerator, cfg, stage, objective, opt, disc
+    )
     modules = dict(modules)
-    name = next(iter(modules))
-    if disc is None:
-        objective, opt = accelerator.prepare(objective, opt)
-        disc_opt, optimizers = None, {name: opt}
-    else:
-        disc_opt = make_optimizer(disc.parameters(), getattr(cfg.train, stage))
-        objective, opt, disc, disc_opt = accelerator.prepare(objective, opt, disc, disc_opt)
-        modules["discriminator"] = disc
-        optimizers = {name: opt, "discriminator": disc_opt}
-        accelerator.unwrap_model(objective).aux["discriminator"] = accelerator.unwrap_model(disc)
+    optimizers = {next(iter(modules)): opt}
+    if disc is not None:
+        modules["discriminator"], optimizers["discriminator"] = disc, disc_opt
     loop = TrainingLoop(
         accelerator,
         cfg,

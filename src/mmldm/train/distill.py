@@ -54,7 +54,13 @@ from mmldm.models.vae import decode as vae_decode
 from mmldm.models.vae import encode as vae_encode
 from mmldm.networks import tiny_vae_decoder_config
 from mmldm.train.autoencoder import batch_inputs, write_reconstructions
-from mmldm.train.common import TrainingLoop, make_accelerator, make_optimizer, training_dataset
+from mmldm.train.common import (
+    TrainingLoop,
+    make_accelerator,
+    make_optimizer,
+    train_step,
+    training_dataset,
+)
 from mmldm.weights import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -267,9 +273,14 @@ def distill_decoder(
     cache = VAELatentCache(vae) if cfg.train.cache_vae_latents else None
     for batch in loop:
         inputs = batch_inputs(batch, vae, cfg, cfg.distill.target_frames, cache)
-        with accelerator.accumulate(objective), accelerator.autocast():
-            loss, logs = objective(inputs)
-            loop.backward_step(loss, objective, opt)
+        logs, _ = train_step(
+            accelerator,
+            objective,
+            opt,
+            lambda inputs=inputs: objective(inputs),
+            grad_clip=cfg.train.distill.grad_clip,
+            step=loop.step,
+        )
         loop.end_step(logs)
         if loop.due(cfg.train.sample_every):
             if accelerator.is_main_process:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from torch import nn
 
 from mmldm.config import Config
@@ -24,7 +25,13 @@ from mmldm.data.latents import LatentCacheError, LatentDataset
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod, training_target
 from mmldm.models.dit import DiTInputs, MultiModalDiT
 from mmldm.networks import dit_config
-from mmldm.train.common import TrainingLoop, ema_update, make_accelerator, make_optimizer
+from mmldm.train.common import (
+    TrainingLoop,
+    ema_update,
+    make_accelerator,
+    make_optimizer,
+    train_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +95,32 @@ def check_latents_match(cfg: Config, dataset: LatentDataset) -> None:
         )
 
 
+def generator_step(
+    accelerator: Accelerator,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: dict,
+    cfg: Config,
+    abar: torch.Tensor,
+    step: int,
+    ema: nn.Module | None = None,
+) -> dict[str, float]:
+    """One training step of the DiT (eq. 8, :func:`generator_loss`), then the EMA update;
+    returns the logs. ``model`` and ``opt`` as ``accelerator`` prepared them."""
+    stage = cfg.train.generator
+    logs, _ = train_step(
+        accelerator,
+        model,
+        opt,
+        lambda: generator_loss(model, batch, cfg, abar),
+        grad_clip=stage.grad_clip,
+        step=step,
+    )
+    if ema is not None and accelerator.sync_gradients:
+        ema_update(ema, accelerator.unwrap_model(model), stage.ema_decay)
+    return logs
+
+
 def train_generator(
     cfg: Config,
     latents: str | Path,
@@ -135,11 +168,7 @@ def train_generator(
     abar = alphas_cumprod(cfg.diffusion).to(accelerator.device)
     samples = TrainingSamples(cfg, dataset)
     for batch in loop:
-        with accelerator.accumulate(model), accelerator.autocast():
-            loss, logs = generator_loss(model, batch, cfg, abar)
-            loop.backward_step(loss, model, opt)
-        if ema is not None and accelerator.sync_gradients:
-            ema_update(ema, accelerator.unwrap_model(model), stage.ema_decay)
+        logs = generator_step(accelerator, model, opt, batch, cfg, abar, loop.step, ema)
         loop.end_step(logs)
         if loop.due(cfg.train.sample_every):
             if accelerator.is_main_process:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from torch import nn
 
 from mmldm.audio.mel import audio_image
@@ -23,6 +24,7 @@ from mmldm.train.common import (
     adversarial_stage,
     make_accelerator,
     make_optimizer,
+    train_step,
     training_dataset,
 )
 
@@ -81,6 +83,33 @@ def calibrated_scaling(cfg: Config, vae: nn.Module, images: torch.Tensor) -> Con
     return dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, scaling_factor=factor))
 
 
+def vae_step(
+    accelerator: Accelerator,
+    objective: nn.Module,
+    opt: torch.optim.Optimizer,
+    images: torch.Tensor,
+    cfg: Config,
+    step: int,
+    disc: nn.Module | None = None,
+    disc_opt: torch.optim.Optimizer | None = None,
+) -> dict[str, float]:
+    """One training step of the VAE on ``images`` ``[N, 3, S, S]`` in [-1, 1]
+    (:func:`clip_images`), then of its patch discriminator when there is one; returns the logs.
+    The modules and optimizers as ``accelerator`` prepared them."""
+    logs, _ = train_step(
+        accelerator,
+        objective,
+        opt,
+        lambda: objective(images),
+        grad_clip=cfg.train.vae.grad_clip,
+        step=step,
+        disc=disc,
+        disc_opt=disc_opt,
+        disc_loss=lambda recon: hinge_d_loss(disc(images), disc(recon.detach())),
+    )
+    return logs
+
+
 def train_vae(
     cfg: Config,
     data: str | Path,
@@ -118,15 +147,7 @@ def train_vae(
     )
     for batch in loop:
         images = clip_images(cfg, batch["video"], batch["audio"])
-        with accelerator.accumulate(objective), accelerator.autocast():
-            loss, logs, recon = objective(images)
-            loop.backward_step(loss, objective, opt)
-        if disc is not None:
-            disc_opt.zero_grad(set_to_none=True)  # drop what the generator term left there
-            with accelerator.accumulate(disc), accelerator.autocast():
-                d_loss = hinge_d_loss(disc(images), disc(recon.detach()))
-                loop.backward_step(d_loss, disc, disc_opt, clip=False)
-            logs["loss_gan_d"] = d_loss.item()
+        logs = vae_step(accelerator, objective, opt, images, cfg, loop.step, disc, disc_opt)
         if loop.saves_next() and not cfg.vae.train_decoder_only:
             # every checkpoint carries the latent scale of its own encoder
             loop.cfg = calibrated_scaling(cfg, accelerator.unwrap_model(objective).vae, images)
