@@ -314,10 +314,11 @@ def random_pipeline(
 
     from mmldm.audio.hifigan import HiFiGANConfig, HiFiGANGenerator
     from mmldm.audio.vocoder import Vocoder, check_settings, load_vocoder
-    from mmldm.codec import Codec, LatentStats, build_vae
+    from mmldm.codec import Codec, autoencoder_config, build_vae
+    from mmldm.data.latents import LatentStats
     from mmldm.models.autoencoder import MultiModalAutoencoder
     from mmldm.models.dit import MultiModalDiT
-    from mmldm.networks import autoencoder_config, dit_config
+    from mmldm.networks import dit_config
     from mmldm.pipeline import MMLDMPipeline
 
     device = torch.device(device)

@@ -51,14 +51,14 @@ from common import (
 )
 
 from mmldm.audio.hifigan import HiFiGANConfig, HiFiGANGenerator
-from mmldm.codec import build_vae
+from mmldm.codec import autoencoder_config, build_vae, tiny_vae_decoder_config
 from mmldm.config import DIT_SIZES, Config, load_config
 from mmldm.models.autoencoder import MultiModalAutoencoder
 from mmldm.models.dit import DiTInputs, MultiModalDiT
 from mmldm.models.vae import TinyVAEDecoder
 from mmldm.models.vae import decode as vae_decode
 from mmldm.models.vae import encode as vae_encode
-from mmldm.networks import autoencoder_config, dit_config, tiny_vae_decoder_config
+from mmldm.networks import dit_config
 
 log = logging.getLogger("flops")
 

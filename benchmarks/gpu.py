@@ -58,13 +58,13 @@ from common import (
     write_json,
 )
 
-from mmldm.codec import build_vae, vae_inputs
+from mmldm.codec import autoencoder_config, build_vae, vae_inputs
 from mmldm.config import DIT_SIZES, Config, load_config
 from mmldm.diffusion.schedule import alphas_cumprod
 from mmldm.models.autoencoder import MultiModalAutoencoder
 from mmldm.models.discriminator import TripletDiscriminator
 from mmldm.models.dit import MultiModalDiT
-from mmldm.networks import autoencoder_config, discriminator_config, dit_config
+from mmldm.networks import discriminator_config, dit_config
 from mmldm.train.autoencoder import Objective, autoencoder_step
 from mmldm.train.generator import generator_step
 

@@ -6,11 +6,11 @@ import dataclasses
 import pytest
 import torch
 
-from mmldm.codec import build_vae, vae_inputs
+from mmldm.codec import autoencoder_config, build_vae, vae_inputs
 from mmldm.config import load_config
 from mmldm.models.autoencoder import MultiModalAutoencoder
 from mmldm.models.discriminator import TripletDiscriminator
-from mmldm.networks import autoencoder_config, discriminator_config
+from mmldm.networks import discriminator_config
 from mmldm.train.autoencoder import autoencoder_loss, discriminator_loss
 
 SD1_UNET_PARAMETERS = 859_520_964  # Stable Diffusion 1.x UNet (v1-4 / v1-5)

@@ -10,10 +10,9 @@ import torch
 
 from mmldm.checkpoint import CheckpointError, load_checkpoint
 from mmldm.cli import main
-from mmldm.codec import Codec, vae_inputs
+from mmldm.codec import Codec, tiny_vae_decoder_config, vae_inputs
 from mmldm.config import ConfigError, load_config
 from mmldm.data.media import probe
-from mmldm.networks import tiny_vae_decoder_config
 from mmldm.synthetic.families import synthesize_dataset
 from mmldm.train.distill import distill_config, distill_loss
 

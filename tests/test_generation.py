@@ -137,7 +137,7 @@ def test_latent_cache_resumes_and_refuses_other_autoencoders(trained, tmp_path):
         )
         == 0
     )
-    from mmldm.data.latents import cache_latents
+    from mmldm.data.cache_latents import cache_latents
 
     with pytest.raises(LatentCacheError, match="another autoencoder"):
         cache_latents(other, trained["synth"], latents, shard_size=5)

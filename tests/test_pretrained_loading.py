@@ -8,10 +8,9 @@ import torch
 from safetensors.torch import save_file
 
 from mmldm.checkpoint import CheckpointError
-from mmldm.codec import build_vae, load_vae
+from mmldm.codec import build_vae, decoder_config, load_vae
 from mmldm.config import load_config
 from mmldm.models.signal_decoder import build_unet
-from mmldm.networks import decoder_config
 from mmldm.train.autoencoder import load_pretrained_unet
 
 

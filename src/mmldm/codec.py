@@ -15,7 +15,6 @@ classification head's prediction from (s_a, s_v), as in the paper.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +40,63 @@ from mmldm.diffusion.sampling import (
     sample_loop,
 )
 from mmldm.diffusion.schedule import alphas_cumprod, make_sampler
-from mmldm.models.autoencoder import MultiModalAutoencoder
-from mmldm.models.signal_decoder import DecoderCondition, SignalDecoder
+from mmldm.models.autoencoder import MultiModalAutoencoder, MultiModalAutoencoderConfig
+from mmldm.models.signal_decoder import DecoderCondition, SignalDecoder, SignalDecoderConfig
 from mmldm.models.vae import TinyVAEDecoder, encode
 from mmldm.models.vae import decode as vae_decode
-from mmldm.networks import autoencoder_config, tiny_vae_decoder_config
+from mmldm.networks import network_config
 from mmldm.weights import CheckpointError, load_state_dict_file, load_weights
 
 log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# The networks of the codec, from the experiment config
+# --------------------------------------------------------------------------------------------
+
+
+def decoder_config(cfg: Config) -> SignalDecoderConfig:
+    d, ae = cfg.decoder, cfg.autoencoder
+    # class-conditional only with a classifier: it names the class at generation time
+    labelled = ae.cl_weight > 0 and d.class_embedding
+    return network_config(
+        SignalDecoderConfig,
+        d,
+        vae_channels=cfg.vae.latent_channels,
+        vae_size=cfg.vae_latent_size,
+        z_channels=ae.latent_channels,
+        audio_size=cfg.audio_latent_shape[1],
+        video_size=cfg.video_latent_shape[1],
+        semantic_dim=ae.semantic_dim,
+        num_frames=cfg.data.num_frames,
+        key_frames=tuple(ae.key_frames),
+        frame_channels=ae.frame_channels,
+        num_classes=cfg.data.num_classes if labelled else 0,
+    )
+
+
+def autoencoder_config(cfg: Config) -> MultiModalAutoencoderConfig:
+    ae = cfg.autoencoder
+    return network_config(
+        MultiModalAutoencoderConfig,
+        ae,
+        vae_channels=cfg.vae.latent_channels,
+        vae_size=cfg.vae_latent_size,
+        # without labels (AudioSet) or with the ablation weight at 0 there is no head
+        num_classes=cfg.data.num_classes if ae.cl_weight > 0 else 0,
+        contrastive_dim=ae.contrastive_dim if ae.co_weight > 0 else 0,
+        decoder=decoder_config(cfg),
+    )
+
+
+def tiny_vae_decoder_config(cfg: Config) -> dict[str, int]:
+    """Arguments of :class:`mmldm.models.vae.TinyVAEDecoder` (``mmldm distill-vae``)."""
+    return {
+        "latent_channels": cfg.vae.latent_channels,
+        "downsample": cfg.vae.downsample,
+        "width": cfg.distill.vae_width,
+        "depth": cfg.distill.vae_depth,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,57 +320,6 @@ def vae_inputs(
 # --------------------------------------------------------------------------------------------
 # Latent statistics: the DiT's latents, normalised per channel
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LatentStats:
-    """Normalisation of latents to zero mean, unit variance per channel (docs/design.md §8.3)."""
-
-    a_mean: torch.Tensor  # [C]
-    a_std: torch.Tensor
-    v_mean: torch.Tensor
-    v_std: torch.Tensor
-
-    @classmethod
-    def from_json(cls, path: Path) -> LatentStats:
-        s = json.loads(path.read_text())
-        a, v = s["z_a"], s["z_v"]
-        return cls(
-            *(
-                torch.tensor(x, dtype=torch.float32)
-                for x in (a["mean"], a["std"], v["mean"], v["std"])
-            )
-        )
-
-    @classmethod
-    def from_state_dict(cls, sd: dict[str, torch.Tensor]) -> LatentStats:
-        return cls(sd["a_mean"], sd["a_std"], sd["v_mean"], sd["v_std"])
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {
-            "a_mean": self.a_mean,
-            "a_std": self.a_std,
-            "v_mean": self.v_mean,
-            "v_std": self.v_std,
-        }
-
-    @staticmethod
-    def _view(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return x.to(like.device, like.dtype).view(1, -1, 1, 1)
-
-    def normalize(self, z_a: torch.Tensor, z_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        v = self._view
-        return (z_a - v(self.a_mean, z_a)) / v(self.a_std, z_a), (z_v - v(self.v_mean, z_v)) / v(
-            self.v_std, z_v
-        )
-
-    def denormalize(
-        self, z_a: torch.Tensor, z_v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        v = self._view
-        return z_a * v(self.a_std, z_a) + v(self.a_mean, z_a), (
-            z_v * v(self.v_std, z_v) + v(self.v_mean, z_v)
-        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,19 +13,20 @@ guidance of the paper's eq. 9), ``audio`` / ``video`` (one modality of a joint s
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from mmldm.audio.mel import audio_image
 from mmldm.checkpoint import checkpoint_fingerprint, load_checkpoint
-from mmldm.codec import Codec, DecodedClips, LatentStats
+from mmldm.codec import Codec, DecodedClips
 from mmldm.config import Config
-from mmldm.diffusion.sampling import ModelFn, guide, sample_loop
-from mmldm.diffusion.schedule import add_noise, alphas_cumprod, make_sampler
-from mmldm.models.dit import DiTInputs, MultiModalDiT
+from mmldm.data.latents import LatentStats
+from mmldm.generation import Generation, save_generation
+from mmldm.models.dit import MultiModalDiT
 from mmldm.networks import dit_config
+from mmldm.sampling import sample_latents
 from mmldm.weights import CheckpointError, load_weights
 
 log = logging.getLogger(__name__)
@@ -54,23 +55,6 @@ TASKS = {
 }
 
 
-@dataclass
-class Generation:
-    """Generated sounding videos. ``frames`` and ``wave`` cover the whole output (K clips for
-    long and continuation tasks); ``has_audio`` / ``has_video`` say which tracks are meant."""
-
-    task: str
-    frames: torch.Tensor  # [N, T, 3, S, S] in [-1, 1]
-    wave: torch.Tensor  # [N, L] in [-1, 1]
-    fps: float
-    sample_rate: int
-    seeds: list[int]
-    settings: dict = field(default_factory=dict)
-    has_audio: bool = True
-    has_video: bool = True
-    labels: list[int] | None = None
-
-
 class MMLDMPipeline:
     """The generator (DiT and its latent statistics) and the codec of the autoencoder its
     latents came from; ``cfg`` is the generator's config (its data / autoencoder sections are
@@ -78,7 +62,6 @@ class MMLDMPipeline:
 
     def __init__(self, dit: MultiModalDiT, stats: LatentStats, codec: Codec, cfg: Config) -> None:
         self.dit, self.stats, self.codec, self.cfg = dit, stats, codec, cfg
-        self.abar = alphas_cumprod(cfg.diffusion)
 
     @classmethod
     def from_pretrained(
@@ -141,99 +124,12 @@ class MMLDMPipeline:
     def dtype(self) -> torch.dtype:
         return self.dit.eos_a.dtype
 
-    # -- latent sampling: noise, prepare, denoise, unpack ---------------------------------------
+    # -- latent sampling (mmldm.sampling: noise, prepare, denoise, unpack) ------------------
 
-    def pack(self, z_a: torch.Tensor, z_v: torch.Tensor) -> torch.Tensor:
-        """``[N, *audio_latent_shape]``, ``[N, *video_latent_shape]`` -> one scheduler state
-        ``[N, |z_a| + |z_v|]``."""
-        return torch.cat([z_a.flatten(1), z_v.flatten(1)], dim=1)
-
-    def unpack(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The inverse of :meth:`pack`."""
-        shape_a, shape_v = self.cfg.audio_latent_shape, self.cfg.video_latent_shape
-        n_a = shape_a[0] * shape_a[1] * shape_a[2]
-        return x[:, :n_a].reshape(-1, *shape_a), x[:, n_a:].reshape(-1, *shape_v)
-
-    def noise(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Standard normal ``[num, |z_a| + |z_v|]``: the audio latents' draw, then the video's."""
-        kw = dict(generator=generator, device=self.device, dtype=self.dtype)
-        z_a = torch.randn((num, *self.cfg.audio_latent_shape), **kw)
-        z_v = torch.randn((num, *self.cfg.video_latent_shape), **kw)
-        return self.pack(z_a, z_v)
-
-    def model_fn(
-        self,
-        given: DiTInputs,
-        scales: tuple[float, float],
-        fixed_noise: torch.Tensor,
-    ) -> ModelFn:
-        """The DiT as ``model_fn(x, t)`` on the packed state. ``given`` holds the conditions
-        (clean ``cond_a`` / ``cond_v``, ``labels``, ``prev_a`` / ``prev_v``; its z / t are
-        unused). A given modality's part of x_t is its clean latent noised to t with
-        ``fixed_noise`` (sec. 3.3); with a condition, eq. 9 guides each modality against the
-        null condition (zero latents, the null class) with ``scales`` (audio, video)."""
-        fixed_a, fixed_v = self.unpack(fixed_noise)
-        abar = self.abar.to(self.device)
-        null_labels = None
-        if given.labels is not None:
-            null_labels = torch.full_like(given.labels, self.dit.num_classes)
-        conditioned = any(c is not None for c in (given.cond_a, given.cond_v, given.labels))
-        scales = scales if conditioned else (1.0, 1.0)
-
-        def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            z_a, z_v = self.unpack(x)
-            if given.cond_a is not None:  # the given audio, noised to this step
-                z_a = add_noise(given.cond_a, fixed_a, t, abar)
-            if given.cond_v is not None:
-                z_v = add_noise(given.cond_v, fixed_v, t, abar)
-            null_a, null_v = torch.zeros_like(z_a), torch.zeros_like(z_v)  # absent = zeros
-            cond = replace(
-                given,
-                z_a=z_a,
-                z_v=z_v,
-                t=t,
-                cond_a=null_a if given.cond_a is None else given.cond_a,
-                cond_v=null_v if given.cond_v is None else given.cond_v,
-            )
-            null = replace(cond, cond_a=null_a, cond_v=null_v, labels=null_labels)
-            return self.pack(*guide(self.dit, cond, null, scales))
-
-        return model_fn
-
-    @torch.no_grad()
-    def sample_latents(
-        self,
-        num: int,
-        *,
-        cond_a: torch.Tensor | None = None,
-        cond_v: torch.Tensor | None = None,
-        prev_a: torch.Tensor | None = None,
-        prev_v: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        steps: int | None = None,
-        sampler: str | None = None,
-        guidance_audio: float | None = None,
-        guidance_video: float | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised (z_a, z_v) ``[num, C, h, w]``. A given ``cond_a`` (a2v) / ``cond_v`` (v2a)
-        is the clean latent of that modality, returned as it is; ``prev_a`` / ``prev_v`` are
-        the previous clip's latents (long, continuations); ``labels`` ``[num]`` classes."""
-        sc = self.cfg.sample
-        scales = (
-            sc.guidance_audio if guidance_audio is None else guidance_audio,
-            sc.guidance_video if guidance_video is None else guidance_video,
-        )
-        x_T = self.noise(num, generator)  # 1. noise
-        fixed_noise = self.noise(num, generator)  # the given modality's forward noise
-        given = DiTInputs(None, None, None, cond_a, cond_v, labels, prev_a, prev_v)
-        model_fn = self.model_fn(given, scales, fixed_noise)  # 2. prepare
-        scheduler = make_sampler(self.cfg.diffusion, sampler or sc.sampler)
-        x_0 = sample_loop(  # 3. denoise
-            model_fn, x_T, scheduler, steps or sc.steps, eta=sc.eta, generator=generator
-        )
-        z_a, z_v = self.unpack(x_0)  # 4. unpack
-        return (z_a if cond_a is None else cond_a), (z_v if cond_v is None else cond_v)
+    def sample_latents(self, num: int, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised (z_a, z_v) ``[num, C, h, w]``: :func:`mmldm.sampling.sample_latents`
+        with this pipeline's DiT and config (same keyword arguments)."""
+        return sample_latents(self.dit, self.cfg, num, **kwargs)
 
     # -- encode / decode -----------------------------------------------------------------------
 
@@ -407,44 +303,4 @@ class MMLDMPipeline:
 
     # -- saving --------------------------------------------------------------------------------
 
-    @staticmethod
-    def save(gen: Generation, out_dir: str | Path, start: int = 0) -> list[dict]:
-        """Write ``{task}_{start + i:04d}.mp4`` per sample (H.264 + AAC) and a contact sheet of
-        the batch; returns one record per sample (file, seed, settings) for the caller's JSON."""
-        from mmldm.data.media import write_video
-        from mmldm.viz import save_grid
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        records, rows = [], []
-        for i in range(len(gen.frames)):
-            path = out / f"{gen.task}_{start + i:04d}.mp4"
-            write_video(
-                path,
-                gen.frames[i].permute(0, 2, 3, 1).cpu().numpy(),
-                gen.fps,
-                gen.wave[i].cpu().numpy() if gen.has_audio else None,
-                gen.sample_rate if gen.has_audio else None,
-            )
-            step = max(1, gen.frames.shape[1] // 8)
-            rows.append(list(gen.frames[i, ::step][:8]))
-            records.append(
-                {
-                    "file": path.name,
-                    "task": gen.task,
-                    "seed": gen.seeds[i],
-                    "batch_index": i,
-                    "frames": gen.frames.shape[1],
-                    "fps": gen.fps,
-                    "audio_samples": gen.wave.shape[1] if gen.has_audio else 0,
-                    "sample_rate": gen.sample_rate,
-                    "settings": gen.settings,
-                    **({"class_index": gen.labels[i]} if gen.labels else {}),
-                }
-            )
-        save_grid(
-            rows,
-            out / f"{gen.task}_sheet_{start:04d}.png",
-            [r["file"].removesuffix(".mp4") for r in records],
-        )
-        return records
+    save = staticmethod(save_generation)

@@ -1,5 +1,6 @@
 """The latent cache: the dataset encoded once by the frozen VAE + autoencoder (paper's MM-LDM*),
-so that training the generator never runs either of them.
+so that training the generator never runs either of them. This module reads it and holds its
+statistics; :mod:`mmldm.data.cache_latents` writes it.
 
 Layout::
 
@@ -19,17 +20,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.utils.data import Dataset
-
-from mmldm.checkpoint import checkpoint_fingerprint
-from mmldm.codec import Codec, LatentStats
-from mmldm.console import progress
 
 log = logging.getLogger(__name__)
 
@@ -42,77 +38,55 @@ def shard_name(k: int) -> str:
     return f"shard_{k:05d}.safetensors"
 
 
-def write_shard(
-    path: Path, tensors: dict[str, torch.Tensor], sources: list[str], starts: list[float]
-) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    save_file(
-        {k: v.contiguous().cpu() for k, v in tensors.items()},
-        str(tmp),
-        metadata={"sources": json.dumps(sources), "starts": json.dumps(starts)},
-    )
-    os.replace(tmp, path)
+@dataclass
+class LatentStats:
+    """Normalisation of latents to zero mean, unit variance per channel (docs/design.md §8.3)."""
 
+    a_mean: torch.Tensor  # [C]
+    a_std: torch.Tensor
+    v_mean: torch.Tensor
+    v_std: torch.Tensor
 
-def prepare_cache(out: Path, meta: dict) -> None:
-    """Create ``out/meta.json`` or check that an existing cache was made the same way."""
-    out.mkdir(parents=True, exist_ok=True)
-    meta_path = out / "meta.json"
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        if old.get("autoencoder_fingerprint") != meta["autoencoder_fingerprint"]:
-            raise LatentCacheError(
-                f"{out}: holds latents of another autoencoder ({old.get('autoencoder')}, "
-                f"fingerprint {old.get('autoencoder_fingerprint')}); refusing to mix them with "
-                f"{meta['autoencoder']} ({meta['autoencoder_fingerprint']}): use a new folder"
+    @classmethod
+    def from_json(cls, path: Path) -> LatentStats:
+        s = json.loads(path.read_text())
+        a, v = s["z_a"], s["z_v"]
+        return cls(
+            *(
+                torch.tensor(x, dtype=torch.float32)
+                for x in (a["mean"], a["std"], v["mean"], v["std"])
             )
-        for key in ("num_clips", "shard_size", "data"):
-            if old.get(key) != meta.get(key):
-                raise LatentCacheError(
-                    f"{out}: was made with {key}={old.get(key)}, now {meta.get(key)}; "
-                    "use a new folder"
-                )
-        return
-    tmp = meta_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, meta_path)
+        )
 
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, torch.Tensor]) -> LatentStats:
+        return cls(sd["a_mean"], sd["a_std"], sd["v_mean"], sd["v_std"])
 
-def finalize_stats(out: Path) -> dict:
-    """Per-channel mean and std over every cached clip (after all shards exist)."""
-    meta = json.loads((out / "meta.json").read_text())
-    n_shards = -(-meta["num_clips"] // meta["shard_size"])
-    missing = [k for k in range(n_shards) if not (out / shard_name(k)).is_file()]
-    if missing:
-        raise LatentCacheError(f"{out}: shards {missing[:5]}... missing; run cache-latents again")
-    sums: dict[str, torch.Tensor] = {}
-    count = 0
-    for k in range(n_shards):
-        with safe_open(str(out / shard_name(k)), framework="pt") as fh:
-            for key in ("z_a", "z_v"):
-                z = fh.get_tensor(key).double()
-                dims = (0, 2, 3)
-                s1, s2 = z.sum(dims), z.pow(2).sum(dims)
-                n = z.numel() // z.shape[1]
-                sums[key + "1"] = sums.get(key + "1", 0) + s1
-                sums[key + "2"] = sums.get(key + "2", 0) + s2
-                sums[key + "n"] = sums.get(key + "n", 0) + n
-            count += fh.get_tensor("label").numel()
-    stats = {"num_clips": count}
-    for key in ("z_a", "z_v"):
-        n = sums[key + "n"]
-        mean = sums[key + "1"] / n
-        std = (sums[key + "2"] / n - mean**2).clamp(min=1e-12).sqrt()
-        stats[key] = {"mean": mean.tolist(), "std": std.tolist()}
-    (out / "stats.json").write_text(json.dumps(stats, indent=2))
-    log.info(
-        "%s: %d clips; z_a std %s, z_v std %s",
-        out,
-        count,
-        [round(v, 3) for v in stats["z_a"]["std"]][:4],
-        [round(v, 3) for v in stats["z_v"]["std"]][:4],
-    )
-    return stats
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            "a_mean": self.a_mean,
+            "a_std": self.a_std,
+            "v_mean": self.v_mean,
+            "v_std": self.v_std,
+        }
+
+    @staticmethod
+    def _view(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return x.to(like.device, like.dtype).view(1, -1, 1, 1)
+
+    def normalize(self, z_a: torch.Tensor, z_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v = self._view
+        return (z_a - v(self.a_mean, z_a)) / v(self.a_std, z_a), (z_v - v(self.v_mean, z_v)) / v(
+            self.v_std, z_v
+        )
+
+    def denormalize(
+        self, z_a: torch.Tensor, z_v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        v = self._view
+        return z_a * v(self.a_std, z_a) + v(self.a_mean, z_a), (
+            z_v * v(self.v_std, z_v) + v(self.v_mean, z_v)
+        )
 
 
 class LatentDataset(Dataset):
@@ -158,77 +132,3 @@ class LatentDataset(Dataset):
             "prev_v": self.z_v[p] if p >= 0 else torch.zeros_like(self.z_v[i]),
             "has_prev": torch.tensor(p >= 0),
         }
-
-
-def cache_latents(
-    autoencoder: str | Path,
-    data: str | Path,
-    out: str | Path,
-    *,
-    device: str = "cpu",
-    batch_size: int = 16,
-    shard_size: int = 256,
-    rank: int = 0,
-    world: int = 1,
-    cache_dir: str | Path | None = None,
-) -> Path:
-    """Encode every clip of ``data`` with the autoencoder of ``autoencoder`` into ``out``."""
-    from mmldm.config import config_to_dict
-    from mmldm.data.dataset import SoundingVideoDataset
-
-    out = Path(out)
-    codec = Codec.load(autoencoder, device=device)
-    cfg = codec.cfg
-    dataset = SoundingVideoDataset(data, cfg.data, cache_dir=cache_dir)
-    meta = {
-        "autoencoder": str(autoencoder),
-        "autoencoder_fingerprint": checkpoint_fingerprint(autoencoder),
-        "num_clips": len(dataset),
-        "shard_size": shard_size,
-        "data": {k: v for k, v in config_to_dict(cfg)["data"].items() if k != "num_workers"},
-        "z_a_shape": list(cfg.audio_latent_shape),
-        "z_v_shape": list(cfg.video_latent_shape),
-        "classes": dataset.classes,
-        "source": str(data),
-    }
-    if rank == 0:
-        prepare_cache(out, meta)
-    else:  # the others wait for rank 0's meta.json, then check it
-        while not (out / "meta.json").is_file():
-            import time
-
-            time.sleep(0.2)
-        prepare_cache(out, meta)
-    n_shards = -(-len(dataset) // shard_size)
-    mine = [k for k in range(n_shards) if k % world == rank]
-    todo = [k for k in mine if not (out / shard_name(k)).is_file()]
-    log.info(
-        "%s: %d of %d shards to encode (process %d of %d)", out, len(todo), len(mine), rank, world
-    )
-    for k in progress(todo, desc="encoding latents"):
-        idx = list(range(k * shard_size, min(len(dataset), (k + 1) * shard_size)))
-        za, zv, labels, sources, starts = [], [], [], [], []
-        for b in range(0, len(idx), batch_size):
-            items = [dataset[i] for i in idx[b : b + batch_size]]
-            video = torch.stack([it["video"] for it in items]).to(device)
-            audio = torch.stack([it["audio"] for it in items]).to(device)
-            z_a, z_v = codec.encode(video, audio)
-            za.append(z_a.float().cpu())
-            zv.append(z_v.float().cpu())
-            labels += [int(it["label"]) for it in items]
-            sources += [it["path"] for it in items]
-            starts += [float(it["start"]) for it in items]
-        write_shard(
-            out / shard_name(k),
-            {
-                "z_a": torch.cat(za),
-                "z_v": torch.cat(zv),
-                "label": torch.tensor(labels, dtype=torch.long),
-                "index": torch.tensor(idx, dtype=torch.long),
-            },
-            sources,
-            starts,
-        )
-    if all((out / shard_name(k)).is_file() for k in range(n_shards)):
-        finalize_stats(out)
-    return out

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmldm.config import DataConfig
 from mmldm.synthetic.classes import CLASS_SETS
 from mmldm.synthetic.clip import SyntheticClip, clip_spec, composite, fade_ends
+
+if TYPE_CHECKING:  # the clips read a data config's fields
+    from mmldm.config import DataConfig
 
 MAX_CLASSES = len(CLASS_SETS["ball"].palette)  # the most of any family
 BASE_PITCH_HZ = CLASS_SETS["ball"].base_pitch_hz  # class 0

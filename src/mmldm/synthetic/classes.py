@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mmldm.config import DataConfig
+if TYPE_CHECKING:  # the clips read a data config's fields
+    from mmldm.config import DataConfig
 
 
 @dataclass(frozen=True)

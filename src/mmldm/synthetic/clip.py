@@ -8,12 +8,14 @@ Geometry and time conventions are those of :mod:`mmldm.synthetic.families`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmldm.config import DataConfig
 from mmldm.synthetic.classes import check_pitches, class_table
+
+if TYPE_CHECKING:  # the clips read a data config's fields
+    from mmldm.config import DataConfig
 
 FADE_SECONDS = 0.01  # tone fade in / out: no spurious click at the ends
 

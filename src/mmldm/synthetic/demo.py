@@ -135,7 +135,7 @@ def run_demo(
 
     stages.start("latents", _done(out / "latents"))
     if not _done(out / "latents"):
-        from mmldm.data.latents import cache_latents
+        from mmldm.data.cache_latents import cache_latents
 
         cache_latents(
             out / "autoencoder", data_dir, out / "latents", cache_dir=cache, batch_size=32

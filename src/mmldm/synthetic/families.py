@@ -28,17 +28,19 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from mmldm.config import DataConfig
 from mmldm.console import progress
 from mmldm.data.media import write_video
 from mmldm.synthetic.ball import ball_clip, ball_max_step, ball_radius
 from mmldm.synthetic.classes import FAMILIES, check_family, check_pitches, class_table
 from mmldm.synthetic.clip import SyntheticClip, clip_rng
 from mmldm.synthetic.pulse import pulse_clip, pulse_max_step
+
+if TYPE_CHECKING:  # the clips read a data config's fields
+    from mmldm.config import DataConfig
 
 # The family-level names, and those the CLI and tests import from here although they live
 # in classes / clip / ball.

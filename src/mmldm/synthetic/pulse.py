@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmldm.config import DataConfig
 from mmldm.synthetic.clip import ClipSpec, SyntheticClip, clip_spec, composite, fade_ends
+
+if TYPE_CHECKING:  # the clips read a data config's fields
+    from mmldm.config import DataConfig
 
 BACKGROUND = (96, 96, 96)
 SWELL = 0.7  # the side grows by this fraction at an event

@@ -23,8 +23,10 @@ from torch import nn
 from mmldm.config import Config
 from mmldm.data.latents import LatentCacheError, LatentDataset
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod, training_target
+from mmldm.generation import Generation, save_generation
 from mmldm.models.dit import DiTInputs, MultiModalDiT
 from mmldm.networks import dit_config
+from mmldm.sampling import sample_latents
 from mmldm.train.common import (
     TrainingLoop,
     ema_update,
@@ -190,7 +192,6 @@ class TrainingSamples:
 
     def write(self, dit: MultiModalDiT, folder: Path) -> None:
         from mmldm.codec import Codec
-        from mmldm.pipeline import MMLDMPipeline
 
         if self.codec is None:
             path = Path(self.dataset.meta["autoencoder"])
@@ -203,7 +204,12 @@ class TrainingSamples:
             return
         was_training = dit.training
         dit.eval()
-        pipe = MMLDMPipeline(dit, self.dataset.stats, self.codec, self.cfg)
-        pipe.save(pipe.generate("svg", self.num, seed=0), folder)
+        g = torch.Generator(dit.eos_a.device).manual_seed(0)  # the same samples every time
+        z_a, z_v = sample_latents(dit, self.cfg, self.num, generator=g)
+        out = self.codec.decode(*self.dataset.stats.denormalize(z_a, z_v), generator=g)
+        data = self.cfg.data
+        frames, wave = out.frames.float().clamp(-1, 1), out.wave.float().clamp(-1, 1)
+        svg = Generation("svg", frames, wave, data.fps, data.sample_rate, [0] * self.num)
+        save_generation(svg, folder)
         dit.train(was_training)
         log.info("wrote generator samples to %s", folder)
