@@ -48,14 +48,14 @@ from common import (
     write_json,
 )
 
-from mmldm.codec import autoencoder_config, build_vae
+from mmldm.codec import autoencoder_config, batch_inputs, build_vae
 from mmldm.config import Config, load_config
 from mmldm.diffusion.schedule import alphas_cumprod
 from mmldm.models.autoencoder import MultiModalAutoencoder
 from mmldm.models.discriminator import TripletDiscriminator
 from mmldm.models.dit import DiTInputs, MultiModalDiT
 from mmldm.networks import discriminator_config, dit_config
-from mmldm.train.autoencoder import Objective, autoencoder_step, batch_inputs
+from mmldm.train.autoencoder import Objective, autoencoder_step
 from mmldm.train.common import make_accelerator, make_optimizer, prepare_adversarial
 from mmldm.train.generator import generator_step
 

@@ -81,7 +81,7 @@ def run_setting(demo: Path, name: str, pipe: MMLDMPipeline) -> dict:
     folder = demo / "decoders" / name
     data_dir, test_dir = demo / "data" / "train", demo / "data" / "test"
     t0 = time.perf_counter()
-    seconds = make_samples(demo, test_dir, pipe=pipe, dest=folder / "samples", tasks=SCORED_TASKS)
+    seconds = make_samples(pipe, demo, test_dir, dest=folder / "samples", tasks=SCORED_TASKS)
     cfg = pipe.codec.cfg
     metrics = evaluate_demo(demo, cfg, data_dir, test_dir, samples=folder / "samples")
     metrics["round_trip"] = round_trip(folder / "samples", cfg)

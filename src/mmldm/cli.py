@@ -8,12 +8,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmldm import __version__
 from mmldm.checkpoint import summarize_checkpoint
 from mmldm.config import (
     Config,
     ConfigError,
+    DataConfig,
     config_from_dict,
     config_to_yaml,
     list_presets,
@@ -25,6 +27,11 @@ from mmldm.data.media import MediaError
 from mmldm.pipeline import TASKS
 from mmldm.synthetic.families import FAMILIES
 from mmldm.weights import CheckpointError
+
+if TYPE_CHECKING:  # annotations only: torch and the pipeline are imported by the commands
+    import torch
+
+    from mmldm.pipeline import MMLDMPipeline
 
 log = logging.getLogger("mmldm")
 
@@ -46,13 +53,16 @@ def _config_options(parser: argparse.ArgumentParser, default: str | None = None)
         help=f"a preset name ({', '.join(list_presets())}) or a YAML file"
         + (f"; default {default}" if default else ""),
     )
-    group.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value by its dotted key, e.g. --set dit.depth=12 (repeatable)",
+    _overrides_option(
+        group,
+        "override one config value by its dotted key, e.g. --set dit.depth=12 (repeatable)",
+    )
+
+
+def _overrides_option(container: argparse._ActionsContainer, help_text: str) -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``, [] when not given."""
+    container.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text
     )
 
 
@@ -190,36 +200,38 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _run_data_options(p: argparse.ArgumentParser) -> None:
+    """--data and --cache of a run that reads clips (both stored in the run for --resume)."""
+    p.add_argument("--data", help="data folder or manifest (stored in the run for --resume)")
+    p.add_argument("--cache", help="decode cache folder (see mmldm preprocess)")
+
+
+def _run_options(p: argparse.ArgumentParser, stage: str) -> None:
+    """--out, --resume and --max-steps of a training run; ``stage`` names train.STAGE.*."""
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--resume", metavar="RUN", help="continue this run from its last checkpoint")
+    p.add_argument("--max-steps", type=int, help=f"stop here (default train.{stage}.max_steps)")
+
+
 def _training_options(p: argparse.ArgumentParser, stage: str) -> None:
     if stage != "generator":
-        p.add_argument("--data", help="data folder or manifest (stored in the run for --resume)")
-        p.add_argument("--cache", help="decode cache folder (see mmldm preprocess)")
+        _run_data_options(p)
         p.add_argument(
             "--vae",
             help="KL-VAE weights: sets vae.pretrained (diffusers folder, single file or an "
             "mmldm train-vae run)",
         )
-    p.add_argument("--out", help="run folder to create")
-    p.add_argument("--resume", metavar="RUN", help="continue this run from its last checkpoint")
-    p.add_argument("--max-steps", type=int, help=f"stop here (default train.{stage}.max_steps)")
+    _run_options(p, stage)
     _config_options(p)
     _common(p)
 
 
 def _distill_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--autoencoder", help="the autoencoder run or checkpoint to distil")
-    p.add_argument("--data", help="data folder or manifest (stored in the run for --resume)")
-    p.add_argument("--cache", help="decode cache folder (see mmldm preprocess)")
-    p.add_argument("--out", help="run folder to create")
-    p.add_argument("--resume", metavar="RUN", help="continue this run from its last checkpoint")
-    p.add_argument("--max-steps", type=int, help="stop here (default train.distill.max_steps)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override distill.*, train.* or sample.* of the autoencoder's config (repeatable)",
+    _run_data_options(p)
+    _run_options(p, "distill")
+    _overrides_option(
+        p, "override distill.*, train.* or sample.* of the autoencoder's config (repeatable)"
     )
     _common(p)
 
@@ -373,7 +385,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_latents(args: argparse.Namespace) -> int:
-    from mmldm.data.latents import cache_latents
+    from mmldm.data.cache_latents import cache_latents
 
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -407,24 +419,30 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
+# the option holding the clip a conditioned task starts from (other tasks need none)
+_CONDITION_OPTION = {
+    "a2v": "audio",
+    "audio-continuation": "audio",
+    "v2a": "video",
+    "video-continuation": "video",
+}
 
-    from mmldm.data.clips import frames_to_tensor_layout
-    from mmldm.data.dataset import decode_frames
-    from mmldm.data.media import read_audio
-    from mmldm.pipeline import MMLDMPipeline
 
-    need = {
-        "a2v": "audio",
-        "audio-continuation": "audio",
-        "v2a": "video",
-        "video-continuation": "video",
-    }.get(args.task)
+def _check_condition(args: argparse.Namespace) -> None:
+    """Exit with a usage message when ``--task`` needs ``--audio`` / ``--video`` and lacks it."""
+    need = _CONDITION_OPTION.get(args.task)
     if need and not getattr(args, need):
         raise SystemExit(f"mmldm sample: --task {args.task} needs --{need} FILE")
+
+
+def _load_pipeline(args: argparse.Namespace) -> MMLDMPipeline:
+    """The generator and autoencoder of ``mmldm sample`` on ``--device`` in ``--dtype``."""
+    import torch
+
+    from mmldm.pipeline import MMLDMPipeline
+
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    pipe = MMLDMPipeline.from_pretrained(
+    return MMLDMPipeline.from_pretrained(
         args.generator,
         args.autoencoder,
         device=args.device,
@@ -433,7 +451,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
         decoder=args.decoder,
         vae_decoder=args.vae_decoder,
     )
-    data = pipe.cfg.data
+
+
+def _read_condition(
+    args: argparse.Namespace, data: DataConfig
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(audio, video) of the given clip from ``--start`` on, None where not given: audio float
+    ``[N]`` mono at ``data.sample_rate``, video float ``[F, 3, S, S]`` in [-1, 1]; one clip
+    (``data.clip_seconds``) long."""
+    import torch
+
+    from mmldm.data.clips import frames_to_tensor_layout
+    from mmldm.data.dataset import decode_frames
+    from mmldm.data.media import read_audio
+
     audio = video = None
     if args.audio:
         audio = torch.from_numpy(
@@ -442,6 +473,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.video:
         frames = decode_frames(Path(args.video), data, args.start, data.clip_seconds)
         video = torch.from_numpy(frames_to_tensor_layout(frames))
+    return audio, video
+
+
+def _generate(
+    args: argparse.Namespace,
+    pipe: MMLDMPipeline,
+    audio: torch.Tensor | None,
+    video: torch.Tensor | None,
+) -> list[dict]:
+    """``--num`` samples in batches (``--batch-size``, default sample.batch_size), each batch
+    seeded ``--seed`` + its first index and saved to ``--out``; one record per sample."""
     batch = args.batch_size or pipe.cfg.sample.batch_size
     records = []
     for first in range(0, args.num, batch):
@@ -461,6 +503,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
             decoder_steps=args.decoder_steps,
         )
         records += pipe.save(gen, args.out, start=first)
+    return records
+
+
+def _write_sample_records(args: argparse.Namespace, records: list[dict]) -> None:
+    """OUT/TASK.json: the models, the given condition and one record per sample."""
     import json
 
     given = {"audio": args.audio, "video": args.video, "start": args.start}
@@ -475,6 +522,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    _check_condition(args)
+    pipe = _load_pipeline(args)
+    audio, video = _read_condition(args, pipe.cfg.data)
+    records = _generate(args, pipe, audio, video)
+    _write_sample_records(args, records)
     log.info("wrote %d %s samples to %s", len(records), args.task, args.out)
     return 0
 
@@ -485,9 +540,26 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mmldm.synthetic.demo import run_demo
+    from mmldm.pipeline import MMLDMPipeline
+    from mmldm.synthetic.demo import StageFailed, run_demo
 
-    run_demo(args.out, args.config, args.overrides, family=args.family)
+    verbosity = ["-q"] if args.quiet else ["-v"] * args.verbose  # handed on to every stage
+
+    def command(argv: list[str]) -> int:
+        return main([*argv, *verbosity])
+
+    try:
+        run_demo(
+            args.out,
+            args.config,
+            args.overrides,
+            family=args.family,
+            command=command,
+            load_pipeline=MMLDMPipeline.from_pretrained,
+        )
+    except StageFailed as err:
+        print(f"mmldm demo: {err}", file=sys.stderr)
+        return err.code
     return 0
 
 
@@ -503,21 +575,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# entry point
+# parser: one function per subcommand, each adding its options in the order --help lists them
 # --------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mmldm",
-        description="MM-LDM: multi-modal latent diffusion for sounding video generation.",
-        epilog="Run 'mmldm COMMAND --help' for a command's options and an example.",
-    )
-    parser.add_argument("--version", action="version", version=f"mmldm {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_info(sub: argparse._SubParsersAction) -> None:
     p = _subparser(
-        subparsers,
+        sub,
         "info",
         "print a checkpoint's step, parameter counts and stored config",
         "mmldm info runs/generator            # latest checkpoint of a run\n"
@@ -528,8 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-config", action="store_true", help="omit the stored config")
     _common(p)
 
+
+def _add_config(sub: argparse._SubParsersAction) -> None:
     p = _subparser(
-        subparsers,
+        sub,
         "config",
         "print the resolved config of a preset or YAML file with overrides",
         "mmldm config --config paper_aist --set dit.depth=12 --out my_config.yaml",
@@ -540,8 +606,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the preset names and exit")
     _common(p)
 
+
+def _family_option(p: argparse.ArgumentParser, help_text: str) -> None:
+    """``--family`` of the synthetic data (:data:`FAMILIES`, default ball)."""
+    p.add_argument("--family", choices=FAMILIES, default="ball", help=help_text)
+
+
+def _add_synth_data(sub: argparse._SubParsersAction) -> None:
     p = _subparser(
-        subparsers,
+        sub,
         "synth-data",
         "write a synthetic sounding-video dataset with exactly known audio-visual ground truth",
         "mmldm synth-data --out data/synth --num-clips 200 --seed 0 --config demo",
@@ -556,19 +629,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds per video (default: two clips of the config, data.num_frames / data.fps)",
     )
-    p.add_argument(
-        "--family",
-        choices=FAMILIES,
-        default="ball",
-        help="ball: a ball bouncing off the walls, a click at each bounce (the demo's); pulse: "
+    _family_option(
+        p,
+        "ball: a ball bouncing off the walls, a click at each bounce (the demo's); pulse: "
         "a square orbiting the centre that swells at each plucked note (a second family to "
         "check settings chosen on the first)",
     )
     _config_options(p, default="demo")
     _common(p)
 
+
+def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     p = _subparser(
-        subparsers,
+        sub,
         "preprocess",
         "decode a dataset once into a cache of frames and audio, so training reads arrays",
         "mmldm preprocess --data data/landscape --cache cache/landscape --config paper_landscape",
@@ -584,8 +657,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_options(p)
     _common(p)
 
+
+def _add_train_vae(sub: argparse._SubParsersAction) -> None:
     p = _subparser(
-        subparsers,
+        sub,
         "train-vae",
         "stage 0: fine-tune the KL-VAE decoder on frames and audio images (or train a small one)",
         "mmldm train-vae --config paper_landscape --vae models/sd-vae --data data/landscape "
@@ -594,8 +669,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _training_options(p, "vae")
 
+
+def _add_train_autoencoder(sub: argparse._SubParsersAction) -> None:
     p = _subparser(
-        subparsers,
+        sub,
         "train-autoencoder",
         "stage 1: train the multi-modal autoencoder (accelerate: 1 process, GPUs, nodes)",
         "mmldm train-autoencoder --config paper_landscape --vae runs/vae --data data/landscape "
@@ -605,8 +682,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _training_options(p, "autoencoder")
 
+
+def _add_distill_decoder(sub: argparse._SubParsersAction) -> None:
     p = _subparser(
-        subparsers,
+        sub,
         "distill-decoder",
         "after stage 1: a few-step signal decoder (K passes, no guidance) from the autoencoder's",
         "mmldm distill-decoder --autoencoder runs/ae --data data/landscape --out runs/dec "
@@ -615,8 +694,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_distill_decoder,
     )
     _distill_options(p)
+
+
+def _add_distill_vae(sub: argparse._SubParsersAction) -> None:
     p = _subparser(
-        subparsers,
+        sub,
         "distill-vae",
         "after stage 1: a tiny VAE decoder (TAESD's architecture) in place of the KL-VAE's",
         "mmldm distill-vae --autoencoder runs/ae --data data/landscape --out runs/tiny\n"
@@ -625,8 +707,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _distill_options(p)
 
+
+def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p = _subparser(
-        subparsers,
+        sub,
         "reconstruct",
         "encode a real clip with a trained autoencoder and decode it back to an mp4 with sound",
         "mmldm reconstruct --autoencoder runs/ae --input clip.mp4 --out recon.mp4",
@@ -643,8 +727,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _common(p)
 
+
+def _add_cache_latents(sub: argparse._SubParsersAction) -> None:
     p = _subparser(
-        subparsers,
+        sub,
         "cache-latents",
         "encode a dataset once with the frozen autoencoder into latent shards (+ statistics)",
         "mmldm cache-latents --autoencoder runs/ae --data data/landscape --out latents/landscape"
@@ -660,8 +746,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     _common(p)
 
+
+def _add_train_generator(sub: argparse._SubParsersAction) -> None:
     p = _subparser(
-        subparsers,
+        sub,
         "train-generator",
         "stage 2: train the multi-modal DiT on cached latents (accelerate, bf16 on GPU, EMA)",
         "mmldm train-generator --config paper_landscape --latents latents/landscape --out "
@@ -675,8 +763,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _training_options(p, "generator")
 
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = _subparser(
-        subparsers,
+        sub,
         "sample",
         "generate sounding videos: svg, a2v, v2a, audio, video, long, audio/video-continuation",
         "mmldm sample --generator runs/gen --autoencoder runs/ae --task svg --num 8 --out out/\n"
@@ -706,8 +796,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     _common(p)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = _subparser(
-        subparsers,
+        sub,
         "demo",
         "the whole pipeline on a CPU: synthetic data, every stage trained, every task sampled, "
         "scores, DIR/index.html",
@@ -715,17 +807,14 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_demo,
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument(
-        "--family",
-        choices=FAMILIES,
-        default="ball",
-        help="the synthetic family to train on (see synth-data --family)",
-    )
+    _family_option(p, "the synthetic family to train on (see synth-data --family)")
     _config_options(p, default="demo")
     _common(p)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = _subparser(
-        subparsers,
+        sub,
         "evaluate",
         "FVD / KVD / FAD and the synthetic-benchmark scores of generated sounding videos",
         "mmldm evaluate --real data/landscape --fake samples/svg \\\n"
@@ -756,6 +845,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the metrics and settings as JSON here")
     _config_options(p)
     _common(p)
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------
+
+# in the order `mmldm --help` lists them
+_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_info,
+    _add_config,
+    _add_synth_data,
+    _add_preprocess,
+    _add_train_vae,
+    _add_train_autoencoder,
+    _add_distill_decoder,
+    _add_distill_vae,
+    _add_reconstruct,
+    _add_cache_latents,
+    _add_train_generator,
+    _add_sample,
+    _add_demo,
+    _add_evaluate,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmldm",
+        description="MM-LDM: multi-modal latent diffusion for sounding video generation.",
+        epilog="Run 'mmldm COMMAND --help' for a command's options and an example.",
+    )
+    parser.add_argument("--version", action="version", version=f"mmldm {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_subcommand in _SUBCOMMANDS:
+        add_subcommand(subparsers)
     return parser
 
 

@@ -317,6 +317,22 @@ def vae_inputs(
     )
 
 
+def batch_inputs(
+    batch: dict, vae, cfg: Config, num_targets: int, cache: VAELatentCache | None = None
+) -> VAEInputs:
+    """A training batch (``video [B, F, 3, S, S]``, ``audio [B, N]``, their paths and starts) ->
+    VAE latents of key frames, ``num_targets`` random frames per clip and the audio image, each
+    clip mirrored with probability ``data.hflip_prob``; from the cache's posteriors if given."""
+    video = batch["video"]
+    flip = torch.rand(len(video), device=video.device) < cfg.data.hflip_prob
+    keys = None
+    if cache is not None:
+        keys = list(zip(batch["path"], batch["start"].tolist(), strict=True))
+    return vae_inputs(
+        vae, cfg, video, batch["audio"], num_targets, flip=flip, cache=cache, keys=keys
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Latent statistics: the DiT's latents, normalised per channel
 # --------------------------------------------------------------------------------------------

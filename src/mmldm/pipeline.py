@@ -186,37 +186,25 @@ class MMLDMPipeline:
         if spec is None:
             raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
         g = torch.Generator(self.device).manual_seed(seed)
-        kw = dict(
-            steps=steps,
-            sampler=sampler,
-            guidance_audio=guidance_audio,
-            guidance_video=guidance_video,
-            generator=g,
-        )
+        kw = dict(steps=steps, sampler=sampler, generator=g)
+        kw.update(guidance_audio=guidance_audio, guidance_video=guidance_video)
         y = self._labels(labels, num)
         given = self._given(task, spec, num, audio, video)  # the given clip's signals
         z_given = self.encode(**given)  # and its normalised latents (None: not given)
         num_clips = (clips or self.cfg.sample.long_clips) if spec.continued else 1
-        tracks, prev = [], (None, None)
+        tracks, prev = [], {}
         for i in range(num_clips):
             if i == 0 and spec.continued and spec.given:  # the given clip opens the output
                 z_a, z_v = z_given
                 tracks.append(self._tracks(spec, given, None))
             else:  # a2v / v2a condition on the given clip, continuations on the previous one
-                cond_a, cond_v = (None, None) if spec.continued else z_given
-                z_a, z_v = self.sample_latents(
-                    num,
-                    cond_a=cond_a,
-                    cond_v=cond_v,
-                    prev_a=prev[0],
-                    prev_v=prev[1],
-                    labels=y,
-                    **kw,
-                )
+                cond = {} if spec.continued else {"cond_a": z_given[0], "cond_v": z_given[1]}
+                z_a, z_v = self.sample_latents(num, **cond, **prev, labels=y, **kw)
                 out = self.decode(z_a, z_v, generator=g, steps=decoder_steps)
                 tracks.append(self._tracks(spec, given, out))
             # the next clip follows this one in the modalities the task generates
-            prev = (None if spec.given == "video" else z_a, None if spec.given == "audio" else z_v)
+            prev = {"prev_a": None if spec.given == "video" else z_a}
+            prev["prev_v"] = None if spec.given == "audio" else z_v
         frames, wave = (torch.cat(track, 1) for track in zip(*tracks, strict=True))
         info = {**kw, "decoder_steps": decoder_steps}
         return self._result(task, frames, wave, seed, num, info, spec.audio != "silent", y)

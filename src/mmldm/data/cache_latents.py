@@ -140,28 +140,33 @@ def cache_latents(
     )
     for k in progress(todo, desc="encoding latents"):
         idx = list(range(k * shard_size, min(len(dataset), (k + 1) * shard_size)))
-        za, zv, labels, sources, starts = [], [], [], [], []
-        for b in range(0, len(idx), batch_size):
-            items = [dataset[i] for i in idx[b : b + batch_size]]
-            video = torch.stack([it["video"] for it in items]).to(device)
-            audio = torch.stack([it["audio"] for it in items]).to(device)
-            z_a, z_v = codec.encode(video, audio)
-            za.append(z_a.float().cpu())
-            zv.append(z_v.float().cpu())
-            labels += [int(it["label"]) for it in items]
-            sources += [it["path"] for it in items]
-            starts += [float(it["start"]) for it in items]
-        write_shard(
-            out / shard_name(k),
-            {
-                "z_a": torch.cat(za),
-                "z_v": torch.cat(zv),
-                "label": torch.tensor(labels, dtype=torch.long),
-                "index": torch.tensor(idx, dtype=torch.long),
-            },
-            sources,
-            starts,
-        )
+        tensors, sources, starts = _encode_shard(codec, dataset, idx, batch_size, device)
+        write_shard(out / shard_name(k), tensors, sources, starts)
     if all((out / shard_name(k)).is_file() for k in range(n_shards)):
         finalize_stats(out)
     return out
+
+
+def _encode_shard(
+    codec: Codec, dataset: SoundingVideoDataset, idx: list[int], batch_size: int, device: str
+) -> tuple[dict[str, torch.Tensor], list[str], list[float]]:
+    """Clips ``idx`` of ``dataset`` encoded in batches: (``{"z_a" [n, C, h_a, w_a], "z_v",
+    "label" [n], "index" [n]}`` in float32 / long on the CPU, source paths, start seconds)."""
+    za, zv, labels, sources, starts = [], [], [], [], []
+    for b in range(0, len(idx), batch_size):
+        items = [dataset[i] for i in idx[b : b + batch_size]]
+        video = torch.stack([it["video"] for it in items]).to(device)
+        audio = torch.stack([it["audio"] for it in items]).to(device)
+        z_a, z_v = codec.encode(video, audio)
+        za.append(z_a.float().cpu())
+        zv.append(z_v.float().cpu())
+        labels += [int(it["label"]) for it in items]
+        sources += [it["path"] for it in items]
+        starts += [float(it["start"]) for it in items]
+    tensors = {
+        "z_a": torch.cat(za),
+        "z_v": torch.cat(zv),
+        "label": torch.tensor(labels, dtype=torch.long),
+        "index": torch.tensor(idx, dtype=torch.long),
+    }
+    return tensors, sources, starts

@@ -223,10 +223,31 @@ class _Side:
 
     name: str
     clips: int = 0
+    available: int = 0  # clips the side has, of which ``clips`` were drawn
     video: FeatureStats = field(default_factory=FeatureStats)
     vggish: FeatureStats = field(default_factory=FeatureStats)
     audioclip: FeatureStats = field(default_factory=FeatureStats)
     detections: list[Detections] = field(default_factory=list)
+
+
+def _detect(
+    frames, audio, path: str | Path, data: DataConfig, synthetic: tuple[str, int]
+) -> Detections:
+    """The synthetic benchmark's detections of one clip: ``frames`` ``[F, 3, S, S]`` float in
+    [-1, 1] or ``[F, S, S, 3]`` uint8, ``audio`` float ``[N]`` at ``data.sample_rate``; its
+    class (sidecar or class folder) is read from ``path``."""
+    family, num_classes = synthetic
+    return detect_sample(
+        frames,
+        audio,
+        fps=data.fps,
+        sample_rate=data.sample_rate,
+        num_classes=num_classes,
+        label=label_from_path(path, num_classes, family),
+        path=str(path),
+        family=family,
+        max_step=max_step(data, family),
+    )
 
 
 def _accumulate(
@@ -252,20 +273,9 @@ def _accumulate(
         if ex.audioclip is not None:
             side.audioclip.update(ex.audioclip.embed(audio.to(device), data.sample_rate))
         if synthetic is not None:
-            family, num_classes = synthetic
             for item, clip_video, clip_audio in zip(items, video, audio, strict=True):
                 side.detections.append(
-                    detect_sample(
-                        clip_video,
-                        clip_audio,
-                        fps=data.fps,
-                        sample_rate=data.sample_rate,
-                        num_classes=num_classes,
-                        label=label_from_path(item["path"], num_classes, family),
-                        path=item["path"],
-                        family=family,
-                        max_step=max_step(data, family),
-                    )
+                    _detect(clip_video, clip_audio, item["path"], data, synthetic)
                 )
         side.clips += len(items)
         bar.update(len(items))
@@ -293,25 +303,12 @@ def _paired_scores(
     pairs = [d for d in detections if d.path in sources]
     if not pairs:
         return {}
-    family, num_classes = synthetic
     data = cfg.data
     originals = []
     for d in pairs:
         path, start = sources[d.path]
         frames, audio = decode_span(path, data, start, data.clip_seconds)
-        originals.append(
-            detect_sample(
-                frames,
-                audio,
-                fps=data.fps,
-                sample_rate=data.sample_rate,
-                num_classes=num_classes,
-                label=label_from_path(path, num_classes, family),
-                path=str(path),
-                family=family,
-                max_step=max_step(data, family),
-            )
-        )
+        originals.append(_detect(frames, audio, path, data, synthetic))
     keys = cfg.autoencoder.key_frames
     chance = (
         reconstruction_scores(pairs, originals, keys, shuffled_pairing(len(pairs), seed))
@@ -328,6 +325,207 @@ def _paired_scores(
 # --------------------------------------------------------------------------------------------
 # The evaluation
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The arguments of :func:`evaluate` that its steps share."""
+
+    num: int  # clips drawn per side (>= 2)
+    batch_size: int  # clips per extractor batch (>= 1)
+    seed: int  # of the clip draws, the reservoir of KVD's samples and the shuffled pairs
+    resolution: int | None  # square size frames are resized to before the I3D preprocessing
+    device: torch.device
+
+
+def _read_sets(
+    real: str | Path, fake: str | Path, data: DataConfig, run: _Settings
+) -> tuple[SoundingVideoDataset, _FakeClips, list[int], list[int]]:
+    """(real clips, generated clips, drawn real indices, drawn generated indices): up to
+    ``run.num`` indices per side, sorted, drawn with ``run.seed`` (real) and ``run.seed + 1``."""
+    real_set = SoundingVideoDataset(real, data)
+    fake_set = _FakeClips(list_fake_videos(fake), data)
+    real_idx = _draw(len(real_set), run.num, run.seed)
+    fake_idx = _draw(len(fake_set), run.num, run.seed + 1)
+    log.info(
+        "evaluating %d of %d real clips and %d of %d generated clips",
+        len(real_idx), len(real_set), len(fake_idx), len(fake_set),
+    )  # fmt: skip
+    return real_set, fake_set, real_idx, fake_idx
+
+
+def _load_extractors(
+    i3d: str | Path | None,
+    vggish: str | Path | None,
+    vggish_pca: str | Path | None,
+    audioclip: str | Path | None,
+    run: _Settings,
+) -> tuple[_Extractors, dict[str, dict[str, Any]]]:
+    """The extractors whose weights are given, and for the report {extractor: {path, name,
+    ..., sha256}} of each weight file read."""
+    weights: dict[str, dict[str, Any]] = {}
+    ex = _Extractors(resolution=run.resolution)
+    if i3d is not None:
+        ex.i3d = load_i3d(i3d, run.device)
+        weights["i3d"] = {"path": str(i3d), "kind": ex.i3d.kind, "name": ex.i3d.name}
+    if vggish is not None:
+        ex.vggish = load_vggish(vggish, vggish_pca, run.device)
+        ex.vggish_postprocess = vggish_pca is not None
+        weights["vggish"] = {"path": str(vggish), "name": ex.vggish.name}
+        if vggish_pca is not None:
+            weights["vggish_pca"] = {"path": str(vggish_pca), "name": "VGGish PCA parameters"}
+    elif vggish_pca is not None:
+        log.warning("--vggish-pca %s is ignored without --vggish", vggish_pca)
+    if audioclip is not None:
+        ex.audioclip = load_audioclip(audioclip, run.device)
+        weights["audioclip"] = {
+            "path": str(audioclip),
+            "name": ex.audioclip.name,
+            "input_scale": ex.audioclip.input_scale,
+        }
+    for entry in weights.values():
+        entry["sha256"] = sha256_of(entry["path"])
+    return ex, weights
+
+
+def _synthetic_data(
+    real_set: SoundingVideoDataset, fake_set: _FakeClips, data: DataConfig
+) -> tuple[str, int] | None:
+    """(family, K) when the real videos (else the generated ones) look like ``mmldm
+    synth-data`` output, else None."""
+    real_paths = [str(v.path) for v in real_set.videos]
+    return synthetic_family(real_paths, data.num_classes) or synthetic_family(
+        [str(p) for p in fake_set.paths], data.num_classes
+    )
+
+
+def _embed(
+    name: str,
+    dataset: Dataset,
+    drawn: list[int],
+    ex: _Extractors,
+    data: DataConfig,
+    synthetic: tuple[str, int] | None,
+    run: _Settings,
+) -> _Side:
+    """The drawn clips of one side streamed through the extractors: its feature statistics
+    (I3D logits ``[n, 400]``, ``run.num`` of them kept for KVD; VGGish windows ``[n * W, 128]``;
+    AudioCLIP ``[n, 1024]``) and, for synthetic data, each clip's detections."""
+    side = _Side(name, available=len(dataset), video=FeatureStats(keep=run.num, seed=run.seed))
+    with torch.no_grad():
+        _accumulate(
+            side,
+            _batches(dataset, drawn, run.batch_size, data.num_workers),
+            len(drawn), ex, data, synthetic, run.device,
+        )  # fmt: skip
+    return side
+
+
+def _distances(real_side: _Side, fake_side: _Side, ex: _Extractors) -> dict[str, dict[str, Any]]:
+    """{metric: {value, extractor, real_clips, fake_clips, ...}} of each extractor loaded:
+    FVD and FAD are Frechet distances (>= 0; 0: the same Gaussian statistics), FAD (AudioCLIP)
+    scaled by 1e4; KVD is unbiased, so it can fall slightly below 0 when the sides match."""
+    metrics: dict[str, dict[str, Any]] = {}
+    counts = {"real_clips": real_side.clips, "fake_clips": fake_side.clips}
+    if ex.i3d is not None:
+        metrics[FVD] = {
+            "value": _frechet(real_side.video, fake_side.video, FVD),
+            "extractor": ex.i3d.name,
+            **counts,
+        }
+        metrics[KVD] = {
+            "value": kernel_distance(real_side.video.samples, fake_side.video.samples),
+            "extractor": ex.i3d.name,
+            **counts,
+        }
+    if ex.vggish is not None:
+        metrics[FAD_VGGISH] = {
+            "value": _frechet(real_side.vggish, fake_side.vggish, FAD_VGGISH),
+            "extractor": (
+                "VGGish (PCA + 8-bit embeddings of 0.96 s windows, AudioSet release format)"
+                if ex.vggish_postprocess
+                else "VGGish (raw 128-d embeddings of 0.96 s windows)"
+            ),
+            "real_windows": real_side.vggish.count,
+            "fake_windows": fake_side.vggish.count,
+            **counts,
+        }
+    if ex.audioclip is not None:
+        metrics[FAD_AUDIOCLIP] = {
+            "value": FAD_SCALE * _frechet(real_side.audioclip, fake_side.audioclip, FAD_AUDIOCLIP),
+            "extractor": f"{ex.audioclip.name}, 44.1 kHz, x1e4 as MM-Diffusion",
+            **counts,
+        }
+    return metrics
+
+
+def _synthetic_report(
+    real_side: _Side,
+    fake_side: _Side,
+    fake_paths: list[Path],
+    cfg: Config,
+    found: tuple[str, int],
+    seed: int,
+) -> dict[str, Any]:
+    """The synthetic-benchmark scores ({score: value}, fractions in [0, 1] but the position
+    errors in px) of the generated clips, the real ones (ceiling), shuffled real pairs (chance)
+    and, where records name them, the generated clips against their sources."""
+    paired = _paired_scores(fake_side.detections, fake_paths, cfg, found, seed)
+    fake_scores = synthetic_scores(fake_side.detections, seed)
+    real_scores = synthetic_scores(real_side.detections, seed)
+    labelled = sum(d.label is not None for d in fake_side.detections)
+    return {
+        "family": found[0],
+        "num_classes": found[1],
+        "generated": fake_scores["value"],
+        "generated_shuffled": fake_scores["shuffled"],
+        "real": real_scores["value"],  # ceiling
+        "chance": real_scores["shuffled"],  # shuffled real pairs
+        "generated_labelled_clips": labelled,
+        **paired,
+        "note": (
+            "class accuracies against the conditioned class (sidecar or class folder)"
+            if labelled
+            else "generated clips carry no class: audio-video agreement and sync only"
+        ),
+    }
+
+
+def _report_settings(
+    real: str | Path,
+    fake: str | Path,
+    cfg: Config,
+    run: _Settings,
+    real_side: _Side,
+    fake_side: _Side,
+    weights: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The report's ``settings``: inputs, clips drawn of those available, the clip format, the
+    extractors' weight files and the mmldm version, to tell which results compare."""
+    data = cfg.data
+    return {
+        "real": str(real),
+        "fake": str(fake),
+        "real_clips": real_side.clips,
+        "fake_clips": fake_side.clips,
+        "real_clips_available": real_side.available,
+        "fake_clips_available": fake_side.available,
+        "num": run.num,
+        "seed": run.seed,
+        "resolution": run.resolution,
+        "batch_size": run.batch_size,
+        "device": str(run.device),
+        "config": cfg.name,
+        "data": {
+            "num_frames": data.num_frames,
+            "fps": data.fps,
+            "resolution": data.resolution,
+            "sample_rate": data.sample_rate,
+            "clip_seconds": data.clip_seconds,
+        },
+        "extractors": weights,
+        "mmldm_version": __version__,
+    }
 
 
 def evaluate(
@@ -363,145 +561,21 @@ def evaluate(
         raise ValueError(f"num must be >= 2 clips per side, got {num}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    data = cfg.data
-    torch_device = torch.device(device)
-    real_set = SoundingVideoDataset(real, data)
-    fake_paths = list_fake_videos(fake)
-    fake_set = _FakeClips(fake_paths, data)
-    real_idx = _draw(len(real_set), num, seed)
-    fake_idx = _draw(len(fake_set), num, seed + 1)
-    log.info(
-        "evaluating %d of %d real clips and %d of %d generated clips",
-        len(real_idx), len(real_set), len(fake_idx), len(fake_set),
-    )  # fmt: skip
-
-    weights: dict[str, dict[str, Any]] = {}
-    ex = _Extractors(resolution=resolution)
-    if i3d is not None:
-        ex.i3d = load_i3d(i3d, torch_device)
-        weights["i3d"] = {"path": str(i3d), "kind": ex.i3d.kind, "name": ex.i3d.name}
-    if vggish is not None:
-        ex.vggish = load_vggish(vggish, vggish_pca, torch_device)
-        ex.vggish_postprocess = vggish_pca is not None
-        weights["vggish"] = {"path": str(vggish), "name": ex.vggish.name}
-        if vggish_pca is not None:
-            weights["vggish_pca"] = {"path": str(vggish_pca), "name": "VGGish PCA parameters"}
-    elif vggish_pca is not None:
-        log.warning("--vggish-pca %s is ignored without --vggish", vggish_pca)
-    if audioclip is not None:
-        ex.audioclip = load_audioclip(audioclip, torch_device)
-        weights["audioclip"] = {
-            "path": str(audioclip),
-            "name": ex.audioclip.name,
-            "input_scale": ex.audioclip.input_scale,
-        }
-    for entry in weights.values():
-        entry["sha256"] = sha256_of(entry["path"])
-
-    real_paths = [str(v.path) for v in real_set.videos]
-    found = synthetic_family(real_paths, data.num_classes) or synthetic_family(
-        [str(p) for p in fake_paths], data.num_classes
-    )
-    workers = data.num_workers
-    sides = {
-        "real": _Side("real", video=FeatureStats(keep=num, seed=seed)),
-        "fake": _Side("generated", video=FeatureStats(keep=num, seed=seed)),
-    }
-    with torch.no_grad():
-        _accumulate(
-            sides["real"],
-            _batches(real_set, real_idx, batch_size, workers),
-            len(real_idx), ex, data, found, torch_device,
-        )  # fmt: skip
-        _accumulate(
-            sides["fake"],
-            _batches(fake_set, fake_idx, batch_size, workers),
-            len(fake_idx), ex, data, found, torch_device,
-        )  # fmt: skip
-    real_side, fake_side = sides["real"], sides["fake"]
-
-    metrics: dict[str, dict[str, Any]] = {}
-    counts = {"real_clips": real_side.clips, "fake_clips": fake_side.clips}
-    if ex.i3d is not None:
-        metrics[FVD] = {
-            "value": _frechet(real_side.video, fake_side.video, FVD),
-            "extractor": ex.i3d.name,
-            **counts,
-        }
-        metrics[KVD] = {
-            "value": kernel_distance(real_side.video.samples, fake_side.video.samples),
-            "extractor": ex.i3d.name,
-            **counts,
-        }
-    if ex.vggish is not None:
-        metrics[FAD_VGGISH] = {
-            "value": _frechet(real_side.vggish, fake_side.vggish, FAD_VGGISH),
-            "extractor": (
-                "VGGish (PCA + 8-bit embeddings of 0.96 s windows, AudioSet release format)"
-                if ex.vggish_postprocess
-                else "VGGish (raw 128-d embeddings of 0.96 s windows)"
-            ),
-            "real_windows": real_side.vggish.count,
-            "fake_windows": fake_side.vggish.count,
-            **counts,
-        }
-    if ex.audioclip is not None:
-        metrics[FAD_AUDIOCLIP] = {
-            "value": FAD_SCALE * _frechet(real_side.audioclip, fake_side.audioclip, FAD_AUDIOCLIP),
-            "extractor": f"{ex.audioclip.name}, 44.1 kHz, x1e4 as MM-Diffusion",
-            **counts,
-        }
-    missing = [{"metric": m, "needs": NEEDS[m]} for m in METRICS if m not in metrics]
-
+    run = _Settings(num, batch_size, seed, resolution, torch.device(device))
+    real_set, fake_set, real_idx, fake_idx = _read_sets(real, fake, cfg.data, run)
+    ex, weights = _load_extractors(i3d, vggish, vggish_pca, audioclip, run)
+    found = _synthetic_data(real_set, fake_set, cfg.data)
+    real_side = _embed("real", real_set, real_idx, ex, cfg.data, found, run)
+    fake_side = _embed("generated", fake_set, fake_idx, ex, cfg.data, found, run)
+    metrics = _distances(real_side, fake_side, ex)
     synthetic = None
     if found is not None:
-        paired = _paired_scores(fake_side.detections, fake_paths, cfg, found, seed)
-        fake_scores = synthetic_scores(fake_side.detections, seed)
-        real_scores = synthetic_scores(real_side.detections, seed)
-        labelled = sum(d.label is not None for d in fake_side.detections)
-        synthetic = {
-            "family": found[0],
-            "num_classes": found[1],
-            "generated": fake_scores["value"],
-            "generated_shuffled": fake_scores["shuffled"],
-            "real": real_scores["value"],  # ceiling
-            "chance": real_scores["shuffled"],  # shuffled real pairs
-            "generated_labelled_clips": labelled,
-            **paired,
-            "note": (
-                "class accuracies against the conditioned class (sidecar or class folder)"
-                if labelled
-                else "generated clips carry no class: audio-video agreement and sync only"
-            ),
-        }
-
+        synthetic = _synthetic_report(real_side, fake_side, fake_set.paths, cfg, found, seed)
     return {
         "metrics": metrics,
-        "missing": missing,
+        "missing": [{"metric": m, "needs": NEEDS[m]} for m in METRICS if m not in metrics],
         "synthetic": synthetic,
-        "settings": {
-            "real": str(real),
-            "fake": str(fake),
-            "real_clips": real_side.clips,
-            "fake_clips": fake_side.clips,
-            "real_clips_available": len(real_set),
-            "fake_clips_available": len(fake_set),
-            "num": num,
-            "seed": seed,
-            "resolution": resolution,
-            "batch_size": batch_size,
-            "device": str(torch_device),
-            "config": cfg.name,
-            "data": {
-                "num_frames": data.num_frames,
-                "fps": data.fps,
-                "resolution": data.resolution,
-                "sample_rate": data.sample_rate,
-                "clip_seconds": data.clip_seconds,
-            },
-            "extractors": weights,
-            "mmldm_version": __version__,
-        },
+        "settings": _report_settings(real, fake, cfg, run, real_side, fake_side, weights),
     }
 
 

@@ -19,13 +19,18 @@ from __future__ import annotations
 import html
 import json
 import logging
+import shlex
 import shutil
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mmldm.config import Config, load_config
+from mmldm.generation import Generation
 
 log = logging.getLogger(__name__)
 
@@ -79,99 +84,106 @@ class Stages:
             self.ran += self.WEIGHTS[name]
 
 
+class StageFailed(RuntimeError):
+    """A command of the demo failed (its error was printed); ``code`` is its exit status."""
+
+    def __init__(self, argv: list[str], code: int) -> None:
+        super().__init__(f"stopped: `mmldm {argv[0]}` failed (exit {code}); re-run to continue")
+        self.code = code
+
+
+def stage_commands(
+    out: Path, config: str, overrides: list[str], family: str, clip_seconds: float
+) -> dict[str, list[list[str]]]:
+    """The mmldm commands of the data and training stages, as a user would type them (a
+    stage with checkpoints resumes its run)."""
+    conf = ["--config", config, *(f"--set={o}" for o in overrides)]
+    data, test, cache = out / "data" / "train", out / "data" / "test", out / "cache"
+
+    def synth(folder: Path, num: int, seed: int, *more: str) -> list[str]:
+        return ["synth-data", "--out", str(folder), "--num-clips", str(num), "--seed", str(seed),
+                "--family", family, *more, *conf]  # fmt: skip
+
+    def train(command: str, run: Path, *more: str) -> list[str]:
+        if _resumable(run):  # the run keeps its stored config, data and cache
+            return [command, "--resume", str(run)]
+        return [command, "--out", str(run), *more, *conf]
+
+    reading = ["--data", str(data), "--cache", str(cache)]
+    encode = ["cache-latents", "--autoencoder", str(out / "autoencoder")]
+    encode += ["--out", str(out / "latents"), *reading, "--batch-size", "32"]
+    return {
+        "data": [
+            synth(data, NUM_TRAIN_CLIPS, 0),
+            synth(test, NUM_TEST_CLIPS, 1000, "--duration", str(clip_seconds)),
+        ],
+        # a small KL-VAE trained whole (the paper fine-tunes SD's decoder only)
+        "vae": [train("train-vae", out / "vae", *reading, "--set=vae.train_decoder_only=false")],
+        "autoencoder": [
+            train("train-autoencoder", out / "autoencoder", *reading, "--vae", str(out / "vae"))
+        ],
+        "latents": [encode],
+        "generator": [
+            train("train-generator", out / "generator", "--latents", str(out / "latents"), "--long")
+        ],
+    }
+
+
 def run_demo(
     out: str | Path,
     config: str = "demo",
     overrides: list[str] | None = None,
     family: str = "ball",
+    *,
+    command: Callable[[list[str]], int],
+    load_pipeline: Callable[[Path, Path], Any],
 ) -> Path:
-    """Run every stage into ``out`` on the synthetic ``family``; returns the gallery page."""
-    from mmldm.synthetic.families import synthesize_dataset
+    """Run every stage into ``out`` on the synthetic ``family``; returns the gallery page.
 
+    The data and training stages run the mmldm commands of :func:`stage_commands` with
+    ``command(argv) -> exit status`` (the CLI's ``main``), each logged as it starts, so the
+    demo shows the commands that reproduce it; ``load_pipeline(generator_run,
+    autoencoder_run)`` loads the trained models for the samples stage.
+    """
     out = Path(out)
-    cfg = load_config(config, overrides)
-    stages = Stages()
+    overrides = list(overrides or [])
+    # the autoencoder's config: the data settings and key frames that the scores read
+    cfg = load_config(config, [*overrides, f"vae.pretrained={out / 'vae'}"])
     data_dir, test_dir = out / "data" / "train", out / "data" / "test"
+    commands = stage_commands(out, config, overrides, family, cfg.data.clip_seconds)
 
-    stages.start("data", _done(out / "data"))
-    if not _done(out / "data"):
-        shutil.rmtree(out / "data", ignore_errors=True)
-        synthesize_dataset(data_dir, NUM_TRAIN_CLIPS, seed=0, data=cfg.data, family=family)
-        synthesize_dataset(
-            test_dir,
-            NUM_TEST_CLIPS,
-            seed=1000,
-            data=cfg.data,
-            duration=cfg.data.clip_seconds,
-            family=family,
-        )
-        _mark(out / "data")
-    stages.finish("data")
-    cache = out / "cache"
+    def samples() -> None:
+        make_samples(load_pipeline(out / "generator", out / "autoencoder"), out, test_dir)
 
-    stages.start("vae", _done(out / "vae"))
-    if not _done(out / "vae"):
-        from mmldm.train.vae import train_vae
-
-        vae_cfg = load_config(config, [*(overrides or []), "vae.train_decoder_only=false"])
-        train_vae(vae_cfg, data_dir, out / "vae", resume=_resumable(out / "vae"), cache_dir=cache)
-        _mark(out / "vae")
-    stages.finish("vae")
-
-    stages.start("autoencoder", _done(out / "autoencoder"))
-    ae_cfg = load_config(config, [*(overrides or []), f"vae.pretrained={out / 'vae'}"])
-    if not _done(out / "autoencoder"):
-        from mmldm.train.autoencoder import train_autoencoder
-
-        train_autoencoder(
-            ae_cfg,
-            data_dir,
-            out / "autoencoder",
-            resume=_resumable(out / "autoencoder"),
-            cache_dir=cache,
-        )
-        _mark(out / "autoencoder")
-    stages.finish("autoencoder")
-
-    stages.start("latents", _done(out / "latents"))
-    if not _done(out / "latents"):
-        from mmldm.data.cache_latents import cache_latents
-
-        cache_latents(
-            out / "autoencoder", data_dir, out / "latents", cache_dir=cache, batch_size=32
-        )
-        _mark(out / "latents")
-    stages.finish("latents")
-
-    stages.start("generator", _done(out / "generator"))
-    if not _done(out / "generator"):
-        from mmldm.train.generator import train_generator
-
-        gen_cfg = load_config(config, [*(overrides or []), "dit.long=true"])
-        train_generator(
-            gen_cfg, out / "latents", out / "generator", resume=_resumable(out / "generator")
-        )
-        _mark(out / "generator")
-    stages.finish("generator")
-
-    stages.start("samples", _done(out / "samples"))
-    if not _done(out / "samples"):
-        make_samples(out, test_dir)
-        _mark(out / "samples")
-    stages.finish("samples")
-
-    stages.start("evaluate", _done(out / "evaluate"))
-    if not _done(out / "evaluate"):
-        metrics = evaluate_demo(out, ae_cfg, data_dir, test_dir)
+    def scores() -> None:
+        metrics = evaluate_demo(out, cfg, data_dir, test_dir)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        _mark(out / "evaluate")
-    stages.finish("evaluate")
 
+    work = {name: partial(_run_commands, command, argvs) for name, argvs in commands.items()}
+    work.update(samples=samples, evaluate=scores)
+    stages = Stages()
+    for name in STAGES[:-1]:
+        done = _done(out / name)
+        stages.start(name, done)
+        if not done:
+            if name == "data":  # a half-written data set is written again
+                shutil.rmtree(out / "data", ignore_errors=True)
+            work[name]()
+            _mark(out / name)
+        stages.finish(name)
     stages.start("gallery")
     page = write_gallery(out, json.loads((out / "metrics.json").read_text()))
     stages.finish("gallery")
     log.info("demo finished in %.1f min: open %s", (time.perf_counter() - stages.t0) / 60, page)
     return page
+
+
+def _run_commands(command: Callable[[list[str]], int], argvs: list[list[str]]) -> None:
+    for argv in argvs:
+        log.info("$ mmldm %s", shlex.join(argv))
+        code = command(argv)
+        if code:
+            raise StageFailed(argv, code)
 
 
 def _resumable(run: Path) -> bool:
@@ -209,18 +221,16 @@ SCORED_TASKS = ("reconstruction", "svg", "a2v", "v2a")  # what evaluate_demo sco
 
 @torch.no_grad()
 def make_samples(
+    pipe,
     out: Path,
     test_dir: Path,
     *,
-    pipe=None,
     dest: Path | None = None,
     tasks: tuple[str, ...] = tuple(SAMPLE_PLAN),
 ) -> dict[str, float]:
-    """Samples of ``tasks`` (and reconstructions) into ``dest`` (default ``out/samples``), with
-    ``pipe`` (default: the demo's generator and autoencoder); returns seconds per task."""
-    from mmldm.pipeline import MMLDMPipeline
-
-    pipe = pipe or MMLDMPipeline.from_pretrained(out / "generator", out / "autoencoder")
+    """Samples of ``tasks`` (and reconstructions) with ``pipe`` (an
+    :class:`~mmldm.pipeline.MMLDMPipeline`) into ``dest`` (default ``out/samples``); returns
+    seconds per task."""
     dest = dest or out / "samples"
     clips = _test_clips(test_dir, pipe.cfg)
     audio = torch.stack([c["audio"] for c in clips])
@@ -254,8 +264,6 @@ def make_samples(
 def reconstruct(pipe, video: torch.Tensor, audio: torch.Tensor):
     """The autoencoder's round trip of clips (``[B, F, 3, S, S]``, ``[B, N]``), with the
     decoder settings of sampling, as a Generation of task "reconstruction"."""
-    from mmldm.pipeline import Generation
-
     codec = pipe.codec
     cfg = codec.cfg
     z_a, z_v = codec.encode(video, audio)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,24 +23,34 @@ from accelerate import Accelerator
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from mmldm.codec import Codec, VAEInputs, VAELatentCache, adopt_vae_scaling, load_vae, vae_inputs
+from mmldm.codec import (
+    Codec,
+    VAEInputs,
+    VAELatentCache,
+    adopt_vae_scaling,
+    autoencoder_config,
+    batch_inputs,
+    load_vae,
+)
 from mmldm.config import Config
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod, predict_x0, training_target
-from mmldm.models.autoencoder import MultiModalAutoencoder
+from mmldm.models.autoencoder import Encoded, MultiModalAutoencoder
 from mmldm.models.discriminator import (
     TripletDiscriminator,
     hinge_d_loss,
     hinge_g_loss,
     make_triplets,
 )
+from mmldm.models.signal_decoder import SignalDecoder
 from mmldm.models.vae import decode as vae_decode
-from mmldm.networks import autoencoder_config, discriminator_config
+from mmldm.networks import discriminator_config
 from mmldm.train.common import (
     adversarial_stage,
     make_accelerator,
     make_optimizer,
     train_step,
     training_dataset,
+    write_reconstructions,
 )
 from mmldm.weights import CheckpointError, load_weights
 
@@ -77,6 +88,18 @@ def load_pretrained_unet(unet: UNet2DConditionModel, path: str | Path) -> None:
     load_weights(unet, pretrained.state_dict(), source=str(folder))
 
 
+class _Noised(NamedTuple):
+    """One modality's decoder pass on noised latents (audio: B images; video: B*n frames)."""
+
+    xt: torch.Tensor  # [B or B*n, 4, R, R]: the noised VAE latents
+    t: torch.Tensor  # [B or B*n] long timesteps in [0, num_train_timesteps)
+    out: torch.Tensor  # [B or B*n, 4, R, R]: the decoder's eps (paper) or v prediction
+
+    def x0_hat(self, abar: torch.Tensor, kind: str) -> torch.Tensor:
+        """The one-step x_0 estimate from the prediction, ``[B or B*n, 4, R, R]``."""
+        return predict_x0(self.xt, self.out, self.t, abar, kind)
+
+
 def autoencoder_loss(
     model: MultiModalAutoencoder,
     inputs: VAEInputs,
@@ -97,19 +120,49 @@ def autoencoder_loss(
     Returns:
         (total loss, logged terms, the pixels the discriminator step needs or None).
     """
+    # the terms in eq. 3's order; the calls' order is also that of the random draws (condition
+    # dropout, timesteps, noise, the discriminator's frame pair), which seeded runs reproduce
     ae = cfg.autoencoder
-    b, n = inputs.target_latents.shape[:2]
-    device = inputs.audio_latent.device
-    abar = alphas_cumprod(cfg.diffusion).to(device)
+    abar = alphas_cumprod(cfg.diffusion).to(inputs.audio_latent.device)
     enc = model.encode(inputs.key_latents, inputs.audio_latent)
     logs: dict[str, float] = {}
-
-    # Condition dropout per modality (classifier-free guidance at decoding time).
-    keep_a = (torch.rand(b, device=device) >= ae.cond_drop_prob).float()
-    keep_v = (torch.rand(b, device=device) >= ae.cond_drop_prob).float()
+    conditions = _decoder_conditions(model.decoder, enc, inputs, labels, cfg)
+    loss, audio, video = _diffusion_term(model.decoder, conditions, inputs, abar, cfg, logs)
+    loss = loss + ae.kl_weight * _kl_term(enc, logs)
     labeled = labels >= 0
-    cond_a = model.decoder.condition("audio", enc.z_a, enc.s_v, labels, keep_a)
-    cond_v = model.decoder.condition(
+    if model.classifier is not None and labeled.any():
+        cl = _classification_term(model.classifier, enc, labels, labeled, logs)
+        loss = loss + ae.cl_weight * cl
+    # InfoNCE over the batch: a clip's negatives are the other clips
+    if model.contrastive is not None and len(inputs.target_latents) > 1:
+        loss = loss + ae.co_weight * _contrastive_term(model.contrastive, enc, logs)
+    gan = None
+    if discriminator is not None and vae is not None:
+        kind = cfg.diffusion.prediction_type
+        g, gan = _adversarial_term(audio, video, inputs, abar, kind, vae, discriminator, logs)
+        loss = loss + ae.gan_weight * g
+    logs["loss"] = loss.item()
+    return loss, logs, gan
+
+
+def _decoder_conditions(
+    decoder: SignalDecoder,
+    enc: Encoded,
+    inputs: VAEInputs,
+    labels: torch.Tensor,
+    cfg: Config,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's conditions for the audio image (``B``) and the ``B*n`` target frames,
+    each modality's dropped (zeroed) with probability ``autoencoder.cond_drop_prob`` per clip
+    (docs/design.md §4, "Signal decoder"), ``[B or B*n, ...]`` each. Draws the dropout first:
+    the diffusion term's timesteps and noise come after it."""
+    b, n = inputs.target_latents.shape[:2]
+    device, drop = inputs.audio_latent.device, cfg.autoencoder.cond_drop_prob
+    # Condition dropout per modality (classifier-free guidance at decoding time).
+    keep_a = (torch.rand(b, device=device) >= drop).float()
+    keep_v = (torch.rand(b, device=device) >= drop).float()
+    cond_a = decoder.condition("audio", enc.z_a, enc.s_v, labels, keep_a)
+    cond_v = decoder.condition(
         "video",
         enc.z_v.repeat_interleave(n, 0),  # [B*n, ...]: each clip's z for each of its targets
         enc.s_a.repeat_interleave(n, 0),
@@ -117,51 +170,107 @@ def autoencoder_loss(
         keep_v.repeat_interleave(n, 0),
         frame_index=inputs.target_index.flatten().float() / cfg.data.num_frames,
     )
+    return cond_a, cond_v
+
+
+def _diffusion_term(
+    decoder: SignalDecoder,
+    conditions: tuple[torch.Tensor, torch.Tensor],
+    inputs: VAEInputs,
+    abar: torch.Tensor,
+    cfg: Config,
+    logs: dict[str, float],
+) -> tuple[torch.Tensor, _Noised, _Noised]:
+    """L_mse of paper eq. 3 (docs/design.md §4, "Signal decoder"): the decoder's eps- (or v-)
+    prediction error on the noised audio image and ``n`` target frames per clip, with
+    independent timesteps per modality; logs ``loss_mse_audio`` and ``loss_mse_video``.
+
+    Returns:
+        (MSE audio + MSE video, a scalar >= 0; the audio pass; the video pass, ``B*n`` frames).
+    """
+    b, n = inputs.target_latents.shape[:2]
+    device = inputs.audio_latent.device
+    cond_a, cond_v = conditions
     x0_a, x0_v = inputs.audio_latent, inputs.target_latents.flatten(0, 1)
     t_a = torch.randint(0, len(abar), (b,), device=device)  # independent per modality
     t_v = torch.randint(0, len(abar), (b * n,), device=device)
     noise_a, noise_v = torch.randn_like(x0_a), torch.randn_like(x0_v)
     xt_a, xt_v = add_noise(x0_a, noise_a, t_a, abar), add_noise(x0_v, noise_v, t_v, abar)
     kind = cfg.diffusion.prediction_type  # the decoder outputs eps (paper) or v
-    out_a, out_v = model.decoder.predict_both(xt_a, t_a, cond_a, xt_v, t_v, cond_v)
+    out_a, out_v = decoder.predict_both(xt_a, t_a, cond_a, xt_v, t_v, cond_v)
     mse_a = F.mse_loss(out_a.float(), training_target(x0_a, noise_a, t_a, abar, kind).float())
     mse_v = F.mse_loss(out_v.float(), training_target(x0_v, noise_v, t_v, abar, kind).float())
-    loss = mse_a + mse_v
     logs.update(loss_mse_audio=mse_a.item(), loss_mse_video=mse_v.item())
+    return mse_a + mse_v, _Noised(xt_a, t_a, out_a), _Noised(xt_v, t_v, out_v)
 
+
+def _kl_term(enc: Encoded, logs: dict[str, float]) -> torch.Tensor:
+    """KL_a + KL_v of paper eq. 3: each posterior's KL to N(0, I), a batch mean (docs/design.md
+    §4, "Video encoder"); a scalar >= 0, logged as ``kl``."""
     kl = enc.post_a.kl().mean() + enc.post_v.kl().mean()
-    loss = loss + ae.kl_weight * kl
     logs["kl"] = kl.item()
-    if model.classifier is not None and labeled.any():
-        logits = model.classifier(enc.s_a, enc.s_v)
-        cl = F.cross_entropy(logits[labeled].float(), labels[labeled])
-        loss = loss + ae.cl_weight * cl
-        logs["loss_cl"] = cl.item()
-        logs["class_acc"] = float((logits[labeled].argmax(-1) == labels[labeled]).float().mean())
-    if model.contrastive is not None and b > 1:
-        co = model.contrastive.loss(enc.s_a.float(), enc.s_v.float())
-        loss = loss + ae.co_weight * co
-        logs["loss_co"] = co.item()
+    return kl
 
-    gan = None
-    if discriminator is not None and vae is not None:
-        # the triplet <a, v_i, v_j> (i < j) takes two of the n targets (increasing per clip)
-        pair = torch.randperm(n, device=device)[:2].sort().values
-        x0_hat_a = predict_x0(xt_a, out_a, t_a, abar, kind)
-        x0_hat_v = predict_x0(xt_v, out_v, t_v, abar, kind).unflatten(0, (b, n))[:, pair]
-        pixels = vae_decode(vae, torch.cat([x0_hat_a, x0_hat_v.flatten(0, 1)]))  # with gradient
-        gan = GanInputs(
-            audio=inputs.audio_image,
-            frames=inputs.target_frames[:, pair],
-            audio_hat=pixels[:b],
-            frames_hat=pixels[b:].unflatten(0, (b, 2)),
-        )
-        _, fakes = gan.triplets(detach=False)
-        g = hinge_g_loss(discriminator(fakes[:b]))  # <a^, v^_i, v^_j> should pass as real
-        loss = loss + ae.gan_weight * g
-        logs["loss_gan_g"] = g.item()
-    logs["loss"] = loss.item()
-    return loss, logs, gan
+
+def _classification_term(
+    classifier: nn.Module,
+    enc: Encoded,
+    labels: torch.Tensor,
+    labeled: torch.Tensor,
+    logs: dict[str, float],
+) -> torch.Tensor:
+    """L_cl of paper eq. 3: cross-entropy of the head on (s_a, s_v) over the labelled clips
+    (``labeled``, a ``[B]`` bool mask with at least one True; docs/design.md §4, "Heads");
+    logs ``loss_cl`` and ``class_acc`` (in [0, 1])."""
+    logits = classifier(enc.s_a, enc.s_v)
+    cl = F.cross_entropy(logits[labeled].float(), labels[labeled])
+    logs["loss_cl"] = cl.item()
+    logs["class_acc"] = float((logits[labeled].argmax(-1) == labels[labeled]).float().mean())
+    return cl
+
+
+def _contrastive_term(contrastive: nn.Module, enc: Encoded, logs: dict[str, float]) -> torch.Tensor:
+    """L_co of paper eq. 3: the symmetric InfoNCE loss between s_a and s_v over the batch
+    (docs/design.md §4, "Heads"); a scalar >= 0, logged as ``loss_co``."""
+    co = contrastive.loss(enc.s_a.float(), enc.s_v.float())
+    logs["loss_co"] = co.item()
+    return co
+
+
+def _adversarial_term(
+    audio: _Noised,
+    video: _Noised,
+    inputs: VAEInputs,
+    abar: torch.Tensor,
+    kind: str,
+    vae: nn.Module,
+    discriminator: nn.Module,
+    logs: dict[str, float],
+) -> tuple[torch.Tensor, GanInputs]:
+    """The generator side of L_gan in paper eq. 3: hinge loss of the discriminator on the
+    fully reconstructed triplet, whose pixels keep their gradient path to the decoder
+    (docs/design.md §8.2); logged as ``loss_gan_g``.
+
+    Returns:
+        (the hinge term, a scalar; the real and reconstructed pixels, in [-1, 1] for the real
+        ones, that the discriminator step needs).
+    """
+    b, n = inputs.target_latents.shape[:2]
+    # the triplet <a, v_i, v_j> (i < j) takes two of the n targets (increasing per clip)
+    pair = torch.randperm(n, device=inputs.audio_latent.device)[:2].sort().values
+    x0_hat_a = audio.x0_hat(abar, kind)
+    x0_hat_v = video.x0_hat(abar, kind).unflatten(0, (b, n))[:, pair]
+    pixels = vae_decode(vae, torch.cat([x0_hat_a, x0_hat_v.flatten(0, 1)]))  # with gradient
+    gan = GanInputs(
+        audio=inputs.audio_image,
+        frames=inputs.target_frames[:, pair],
+        audio_hat=pixels[:b],
+        frames_hat=pixels[b:].unflatten(0, (b, 2)),
+    )
+    _, fakes = gan.triplets(detach=False)
+    g = hinge_g_loss(discriminator(fakes[:b]))  # <a^, v^_i, v^_j> should pass as real
+    logs["loss_gan_g"] = g.item()
+    return g, gan
 
 
 def discriminator_loss(discriminator: nn.Module, gan: GanInputs) -> torch.Tensor:
@@ -197,56 +306,6 @@ class Objective(nn.Module):
             vae=self.aux["vae"] if gan_on else None,
             discriminator=self.aux["discriminator"] if gan_on else None,
         )
-
-
-@torch.no_grad()
-def write_reconstructions(
-    codec: Codec, video: torch.Tensor, audio: torch.Tensor, folder: Path, num: int = 2
-) -> None:
-    """Encode and decode a few clips of the batch: mp4s with sound and a PNG grid (rows:
-    original frames + audio image, then their reconstructions)."""
-    from mmldm.audio.mel import audio_image
-    from mmldm.data.media import write_video
-    from mmldm.viz import save_grid
-
-    cfg, model = codec.cfg, codec.autoencoder
-    was_training = model.training
-    model.eval()
-    video, audio = video[:num].float(), audio[:num].float()
-    z_a, z_v = codec.encode(video, audio)
-    out = codec.decode(z_a, z_v, generator=torch.Generator(video.device).manual_seed(0))
-
-    audio_images = audio_image(audio, cfg.data)  # the originals' (no second VAE pass)
-    rows, labels = [], []
-    for i in range(len(video)):
-        write_video(
-            folder / f"recon_{i}.mp4",
-            out.frames[i].permute(0, 2, 3, 1).cpu().numpy(),
-            cfg.data.fps,
-            out.wave[i].cpu().numpy(),
-            out.sample_rate,
-        )
-        rows += [[*video[i], audio_images[i]], [*out.frames[i], out.audio_image[i]]]
-        labels += [f"clip {i}", f"recon {i}"]
-    save_grid(rows, folder / "grid.png", labels)
-    model.train(was_training)
-    log.info("wrote reconstructions to %s", folder)
-
-
-def batch_inputs(
-    batch: dict, vae, cfg: Config, num_targets: int, cache: VAELatentCache | None = None
-) -> VAEInputs:
-    """A training batch (``video [B, F, 3, S, S]``, ``audio [B, N]``, their paths and starts) ->
-    VAE latents of key frames, ``num_targets`` random frames per clip and the audio image, each
-    clip mirrored with probability ``data.hflip_prob``; from the cache's posteriors if given."""
-    video = batch["video"]
-    flip = torch.rand(len(video), device=video.device) < cfg.data.hflip_prob
-    keys = None
-    if cache is not None:
-        keys = list(zip(batch["path"], batch["start"].tolist(), strict=True))
-    return vae_inputs(
-        vae, cfg, video, batch["audio"], num_targets, flip=flip, cache=cache, keys=keys
-    )
 
 
 def autoencoder_step(

@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -23,11 +23,17 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_s
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mmldm.audio.mel import audio_image
 from mmldm.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from mmldm.config import Config, StageTrainConfig, load_config
 from mmldm.console import progress
+from mmldm.data.media import write_video
 from mmldm.run import RunLogger
+from mmldm.viz import save_grid
 from mmldm.weights import load_weights
+
+if TYPE_CHECKING:  # previews decode with a codec they are given
+    from mmldm.codec import Codec
 
 log = logging.getLogger(__name__)
 
@@ -479,3 +485,33 @@ def adversarial_stage(
         num_workers=cfg.data.num_workers,
     )
     return loop, objective, opt, disc, disc_opt
+
+
+@torch.no_grad()
+def write_reconstructions(
+    codec: Codec, video: torch.Tensor, audio: torch.Tensor, folder: Path, num: int = 2
+) -> None:
+    """Encode and decode a few clips of the batch: mp4s with sound and a PNG grid (rows:
+    original frames + audio image, then their reconstructions)."""
+    cfg, model = codec.cfg, codec.autoencoder
+    was_training = model.training
+    model.eval()
+    video, audio = video[:num].float(), audio[:num].float()
+    z_a, z_v = codec.encode(video, audio)
+    out = codec.decode(z_a, z_v, generator=torch.Generator(video.device).manual_seed(0))
+
+    audio_images = audio_image(audio, cfg.data)  # the originals' (no second VAE pass)
+    rows, labels = [], []
+    for i in range(len(video)):
+        write_video(
+            folder / f"recon_{i}.mp4",
+            out.frames[i].permute(0, 2, 3, 1).cpu().numpy(),
+            cfg.data.fps,
+            out.wave[i].cpu().numpy(),
+            out.sample_rate,
+        )
+        rows += [[*video[i], audio_images[i]], [*out.frames[i], out.audio_image[i]]]
+        labels += [f"clip {i}", f"recon {i}"]
+    save_grid(rows, folder / "grid.png", labels)
+    model.train(was_training)
+    log.info("wrote reconstructions to %s", folder)

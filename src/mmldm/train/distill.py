@@ -26,6 +26,7 @@ that names the autoencoder it belongs to, and sampling loads it beside that auto
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -33,16 +34,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from torch import nn
 
-from mmldm.checkpoint import read_metadata, resolve_checkpoint
+from mmldm.checkpoint import checkpoint_fingerprint, read_metadata, resolve_checkpoint
 from mmldm.codec import (
     Codec,
     VAEInputs,
     VAELatentCache,
+    batch_inputs,
     decoder_denoiser,
     decoder_noise,
     run_decoder_sampler,
+    tiny_vae_decoder_config,
 )
 from mmldm.config import Config, ConfigError, load_config, override_config
 from mmldm.diffusion.sampling import few_step_sample, few_step_timesteps
@@ -52,14 +56,13 @@ from mmldm.models.signal_decoder import SignalDecoder
 from mmldm.models.vae import TinyVAEDecoder
 from mmldm.models.vae import decode as vae_decode
 from mmldm.models.vae import encode as vae_encode
-from mmldm.networks import tiny_vae_decoder_config
-from mmldm.train.autoencoder import batch_inputs, write_reconstructions
 from mmldm.train.common import (
     TrainingLoop,
     make_accelerator,
     make_optimizer,
     train_step,
     training_dataset,
+    write_reconstructions,
 )
 from mmldm.weights import CheckpointError
 
@@ -206,42 +209,17 @@ def distill_decoder(
     (``part="vae"``) for ``autoencoder`` into the run folder ``run``; returns the last
     checkpoint's folder. A resumed run keeps its stored config and must be given the same
     autoencoder."""
-    from mmldm.checkpoint import checkpoint_fingerprint
-
     if part not in PARTS:
         raise ValueError(f"unknown part {part!r} ({' | '.join(PARTS)})")
     run = Path(run)
-    fingerprint = checkpoint_fingerprint(autoencoder)
-    # read once, on the CPU until the device is known; its config is the run's base
-    codec = Codec.load(autoencoder)
-    teacher, vae, teacher_cfg = codec.autoencoder, codec.vae, codec.cfg
-    if resume:
-        if overrides:
-            raise ValueError("--resume continues a run with its own config: drop --set")
-        cfg = load_config(run / "config.yaml")
-        meta = read_metadata(resolve_checkpoint(run))  # the header only, not the weights
-        saved = meta.get("mmldm.autoencoder_fingerprint")
-        if saved != fingerprint:
-            raise CheckpointError(
-                f"{run} distils the decoder of another autoencoder ({saved}), not {autoencoder} "
-                f"({fingerprint})"
-            )
-    else:
-        cfg = distill_config(teacher_cfg, list(overrides or []), part)
+    codec, cfg, fingerprint = _load_teacher(autoencoder, run, part, overrides, resume)
     stage = cfg.train.distill
     accelerator = make_accelerator(cfg, stage)
     dataset = training_dataset(data, cfg, cache_dir, accelerator)
-    teacher.to(accelerator.device)
-    vae.to(accelerator.device)
-    if part == "signal":
-        student = copy.deepcopy(teacher.decoder).train().requires_grad_(True)
-        if cfg.train.gradient_checkpointing:  # K passes are kept for the backward through them
-            for unet in student.unets.values():
-                unet.enable_gradient_checkpointing()
-        objective = Objective(student, lambda s, x: distill_loss(s, teacher, x, cfg))
-    else:
-        student = TinyVAEDecoder(**tiny_vae_decoder_config(cfg)).to(accelerator.device)
-        objective = Objective(student, lambda s, x: distill_vae_loss(s, vae, x))
+    # the teacher and its VAE on the device first: the student is a copy of the teacher's decoder
+    codec.autoencoder.to(accelerator.device)
+    codec.vae.to(accelerator.device)
+    student, objective = _build_student(part, codec, cfg, accelerator.device)
     opt = make_optimizer(student.parameters(), stage)
     objective, opt = accelerator.prepare(objective, opt)
     loop = TrainingLoop(
@@ -261,15 +239,88 @@ def distill_decoder(
         },
     )
     if accelerator.is_main_process:
-        (run / "data.json").write_text(
-            json.dumps(
-                {
-                    "autoencoder": str(autoencoder),
-                    "data": str(data),
-                    "cache": None if cache_dir is None else str(cache_dir),
-                }
-            )
+        _write_sources(run, autoencoder, data, cache_dir)
+    write_previews = functools.partial(_write_previews, part, codec, student, cfg)
+    return _train_student(accelerator, loop, objective, opt, codec.vae, cfg, write_previews)
+
+
+def _load_teacher(
+    autoencoder: str | Path,
+    run: Path,
+    part: str,
+    overrides: list[str] | None,
+    resume: bool,
+) -> tuple[Codec, Config, str]:
+    """The trained autoencoder's codec (on the CPU), the run's config and the autoencoder's
+    fingerprint (:func:`mmldm.checkpoint.checkpoint_fingerprint`, a hex string).
+
+    A new run's config is the autoencoder's with ``overrides`` (:func:`distill_config`); a
+    resumed run keeps its stored one, takes no overrides (ValueError) and must distil the
+    autoencoder its checkpoints name (CheckpointError otherwise).
+    """
+    fingerprint = checkpoint_fingerprint(autoencoder)
+    # read once, on the CPU until the device is known; its config is the run's base
+    codec = Codec.load(autoencoder)
+    if not resume:
+        return codec, distill_config(codec.cfg, list(overrides or []), part), fingerprint
+    if overrides:
+        raise ValueError("--resume continues a run with its own config: drop --set")
+    cfg = load_config(run / "config.yaml")
+    meta = read_metadata(resolve_checkpoint(run))  # the header only, not the weights
+    saved = meta.get("mmldm.autoencoder_fingerprint")
+    if saved != fingerprint:
+        raise CheckpointError(
+            f"{run} distils the decoder of another autoencoder ({saved}), not {autoencoder} "
+            f"({fingerprint})"
         )
+    return codec, cfg, fingerprint
+
+
+def _build_student(
+    part: str, codec: Codec, cfg: Config, device: torch.device
+) -> tuple[nn.Module, Objective]:
+    """The student and its objective: a trainable copy of the teacher's signal decoder
+    (``part="signal"``, :func:`distill_loss`) or a new :class:`TinyVAEDecoder` on ``device``
+    (``part="vae"``, :func:`distill_vae_loss`)."""
+    teacher, vae = codec.autoencoder, codec.vae
+    if part == "signal":
+        student = copy.deepcopy(teacher.decoder).train().requires_grad_(True)
+        if cfg.train.gradient_checkpointing:  # K passes are kept for the backward through them
+            for unet in student.unets.values():
+                unet.enable_gradient_checkpointing()
+        return student, Objective(student, lambda s, x: distill_loss(s, teacher, x, cfg))
+    student = TinyVAEDecoder(**tiny_vae_decoder_config(cfg)).to(device)
+    return student, Objective(student, lambda s, x: distill_vae_loss(s, vae, x))
+
+
+def _write_sources(
+    run: Path, autoencoder: str | Path, data: str | Path, cache_dir: str | Path | None
+) -> None:
+    """``run/data.json``: the autoencoder, data and latent cache (or null) the run reads."""
+    (run / "data.json").write_text(
+        json.dumps(
+            {
+                "autoencoder": str(autoencoder),
+                "data": str(data),
+                "cache": None if cache_dir is None else str(cache_dir),
+            }
+        )
+    )
+
+
+def _train_student(
+    accelerator: Accelerator,
+    loop: TrainingLoop,
+    objective: nn.Module,
+    opt: torch.optim.Optimizer,
+    vae: nn.Module,
+    cfg: Config,
+    write_previews: Callable[[dict, Path], None],
+) -> Path:
+    """The training loop: each step's ``distill.target_frames`` frames per clip through
+    ``vae`` (or its latent cache) and one :func:`train_step` of ``objective``; previews every
+    ``train.sample_every`` steps (``write_previews(batch, folder)``, main process). Returns the
+    last checkpoint's folder."""
     cache = VAELatentCache(vae) if cfg.train.cache_vae_latents else None
     for batch in loop:
         inputs = batch_inputs(batch, vae, cfg, cfg.distill.target_frames, cache)
@@ -284,7 +335,6 @@ def distill_decoder(
         loop.end_step(logs)
         if loop.due(cfg.train.sample_every):
             if accelerator.is_main_process:
-                folder = run / "samples" / f"step_{loop.step:08d}"
-                _write_previews(part, codec, student, cfg, batch, folder)
+                write_previews(batch, loop.run / "samples" / f"step_{loop.step:08d}")
             accelerator.wait_for_everyone()
     return loop.close()
