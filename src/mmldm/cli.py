@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +38,19 @@ if TYPE_CHECKING:  # annotations only: torch and the pipeline are imported by th
 log = logging.getLogger("mmldm")
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class _Command:
+    """One subcommand: ``mmldm NAME``, its one-line summary (in the command list and atop its
+    ``--help``), an example (the end of its ``--help``), the handler that runs it and the
+    function that adds its options."""
+
+    name: str
+    summary: str
+    example: str
+    handler: Handler
+    add_options: Callable[[argparse.ArgumentParser], None]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -73,18 +88,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def _subparser(
-    subparsers: argparse._SubParsersAction, name: str, summary: str, example: str, handler: Handler
-) -> argparse.ArgumentParser:
+def _add_subcommand(subparsers: argparse._SubParsersAction, command: _Command) -> None:
     parser = subparsers.add_parser(
-        name,
-        help=summary,
-        description=summary,
-        epilog="example:\n  " + example,
+        command.name,
+        help=command.summary,
+        description=command.summary,
+        epilog="example:\n  " + command.example,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.set_defaults(handler=handler)
-    return parser
+    parser.set_defaults(handler=command.handler)
+    command.add_options(parser)
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,22 +294,15 @@ def _training_setup(args: argparse.Namespace) -> tuple[Config, Path, str, str | 
     return cfg, run, args.data, args.cache
 
 
-def cmd_train_vae(args: argparse.Namespace) -> int:
-    from mmldm.train.vae import train_vae
+def cmd_train_on_clips(args: argparse.Namespace) -> int:
+    """train-vae (stage 0) and train-autoencoder (stage 1): the stages that train on clips."""
+    if args.command == "train-vae":
+        from mmldm.train.vae import train_vae as train
+    else:
+        from mmldm.train.autoencoder import train_autoencoder as train
 
     cfg, run, data, cache = _training_setup(args)
-    path = train_vae(
-        cfg, data, run, resume=bool(args.resume), cache_dir=cache, max_steps=args.max_steps
-    )
-    log.info("done: %s", path)
-    return 0
-
-
-def cmd_train_autoencoder(args: argparse.Namespace) -> int:
-    from mmldm.train.autoencoder import train_autoencoder
-
-    cfg, run, data, cache = _training_setup(args)
-    path = train_autoencoder(
+    path = train(
         cfg, data, run, resume=bool(args.resume), cache_dir=cache, max_steps=args.max_steps
     )
     log.info("done: %s", path)
@@ -476,6 +482,11 @@ def _read_condition(
     return audio, video
 
 
+# the options of `mmldm sample` that MMLDMPipeline.generate takes under the same names, the
+# same for every batch
+_GENERATE_ARGS = ("clips", "steps", "sampler", "guidance_audio", "guidance_video", "decoder_steps")
+
+
 def _generate(
     args: argparse.Namespace,
     pipe: MMLDMPipeline,
@@ -485,6 +496,7 @@ def _generate(
     """``--num`` samples in batches (``--batch-size``, default sample.batch_size), each batch
     seeded ``--seed`` + its first index and saved to ``--out``; one record per sample."""
     batch = args.batch_size or pipe.cfg.sample.batch_size
+    options = {name: getattr(args, name) for name in _GENERATE_ARGS}
     records = []
     for first in range(0, args.num, batch):
         n = min(batch, args.num - first)
@@ -494,13 +506,8 @@ def _generate(
             seed=args.seed + first,
             audio=audio,
             video=video,
-            clips=args.clips,
             labels=args.label,
-            steps=args.steps,
-            sampler=args.sampler,
-            guidance_audio=args.guidance_audio,
-            guidance_video=args.guidance_video,
-            decoder_steps=args.decoder_steps,
+            **options,
         )
         records += pipe.save(gen, args.out, start=first)
     return records
@@ -579,28 +586,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(
-        sub,
-        "info",
-        "print a checkpoint's step, parameter counts and stored config",
-        "mmldm info runs/generator            # latest checkpoint of a run\n"
-        "  mmldm info runs/generator/checkpoints/step_00010000 --no-config",
-        cmd_info,
-    )
+def _info_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a run folder, a checkpoint folder or a .safetensors file")
     p.add_argument("--no-config", action="store_true", help="omit the stored config")
     _common(p)
 
 
-def _add_config(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(
-        sub,
-        "config",
-        "print the resolved config of a preset or YAML file with overrides",
-        "mmldm config --config paper_aist --set dit.depth=12 --out my_config.yaml",
-        cmd_config,
-    )
+def _config_command_options(p: argparse.ArgumentParser) -> None:
     _config_options(p, default="paper_landscape")
     p.add_argument("--out", help="write the resolved YAML here instead of printing it")
     p.add_argument("--list", action="store_true", help="list the preset names and exit")
@@ -612,14 +604,7 @@ def _family_option(p: argparse.ArgumentParser, help_text: str) -> None:
     p.add_argument("--family", choices=FAMILIES, default="ball", help=help_text)
 
 
-def _add_synth_data(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(
-        sub,
-        "synth-data",
-        "write a synthetic sounding-video dataset with exactly known audio-visual ground truth",
-        "mmldm synth-data --out data/synth --num-clips 200 --seed 0 --config demo",
-        cmd_synth_data,
-    )
+def _synth_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: OUT/<class>/<id>.mp4 + .json")
     p.add_argument("--num-clips", type=int, required=True, help="number of videos to write")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
@@ -639,14 +624,7 @@ def _add_synth_data(sub: argparse._SubParsersAction) -> None:
     _common(p)
 
 
-def _add_preprocess(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(
-        sub,
-        "preprocess",
-        "decode a dataset once into a cache of frames and audio, so training reads arrays",
-        "mmldm preprocess --data data/landscape --cache cache/landscape --config paper_landscape",
-        cmd_preprocess,
-    )
+def _preprocess_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="data folder or manifest (.csv / .jsonl)")
     p.add_argument(
         "--cache",
@@ -658,64 +636,7 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     _common(p)
 
 
-def _add_train_vae(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(
-        sub,
-        "train-vae",
-        "stage 0: fine-tune the KL-VAE decoder on frames and audio images (or train a small one)",
-        "mmldm train-vae --config paper_landscape --vae models/sd-vae --data data/landscape "
-        "--out runs/vae",
-        cmd_train_vae,
-    )
-    _training_options(p, "vae")
-
-
-def _add_train_autoencoder(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(
-        sub,
-        "train-autoencoder",
-        "stage 1: train the multi-modal autoencoder (accelerate: 1 process, GPUs, nodes)",
-        "mmldm train-autoencoder --config paper_landscape --vae runs/vae --data data/landscape "
-        "--out runs/ae\n  accelerate launch --num_processes 8 -m mmldm train-autoencoder ...\n"
-        "  mmldm train-autoencoder --resume runs/ae",
-        cmd_train_autoencoder,
-    )
-    _training_options(p, "autoencoder")
-
-
-def _add_distill_decoder(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(
-        sub,
-        "distill-decoder",
-        "after stage 1: a few-step signal decoder (K passes, no guidance) from the autoencoder's",
-        "mmldm distill-decoder --autoencoder runs/ae --data data/landscape --out runs/dec "
-        "--set distill.steps=4\n  mmldm sample ... --decoder runs/dec\n"
-        "  mmldm distill-decoder --resume runs/dec",
-        cmd_distill_decoder,
-    )
-    _distill_options(p)
-
-
-def _add_distill_vae(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(
-        sub,
-        "distill-vae",
-        "after stage 1: a tiny VAE decoder (TAESD's architecture) in place of the KL-VAE's",
-        "mmldm distill-vae --autoencoder runs/ae --data data/landscape --out runs/tiny\n"
-        "  mmldm sample ... --vae-decoder runs/tiny",
-        cmd_distill_decoder,
-    )
-    _distill_options(p)
-
-
-def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(
-        sub,
-        "reconstruct",
-        "encode a real clip with a trained autoencoder and decode it back to an mp4 with sound",
-        "mmldm reconstruct --autoencoder runs/ae --input clip.mp4 --out recon.mp4",
-        cmd_reconstruct,
-    )
+def _reconstruct_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--autoencoder", required=True, help="autoencoder run or checkpoint")
     _decoder_options(p)
     p.add_argument("--steps", dest="decoder_steps", type=int, help="same as --decoder-steps")
@@ -728,15 +649,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     _common(p)
 
 
-def _add_cache_latents(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(
-        sub,
-        "cache-latents",
-        "encode a dataset once with the frozen autoencoder into latent shards (+ statistics)",
-        "mmldm cache-latents --autoencoder runs/ae --data data/landscape --out latents/landscape"
-        "\n  torchrun --nproc_per_node 4 -m mmldm cache-latents ...   # sharded across processes",
-        cmd_cache_latents,
-    )
+def _cache_latents_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--autoencoder", required=True, help="autoencoder run or checkpoint")
     p.add_argument("--data", required=True, help="data folder or manifest")
     p.add_argument("--out", required=True, help="latent cache folder (resumable)")
@@ -747,16 +660,7 @@ def _add_cache_latents(sub: argparse._SubParsersAction) -> None:
     _common(p)
 
 
-def _add_train_generator(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(
-        sub,
-        "train-generator",
-        "stage 2: train the multi-modal DiT on cached latents (accelerate, bf16 on GPU, EMA)",
-        "mmldm train-generator --config paper_landscape --latents latents/landscape --out "
-        "runs/gen\n  mmldm train-generator --config paper_landscape --latents latents/landscape "
-        "--out runs/gen_long --long",
-        cmd_train_generator,
-    )
+def _train_generator_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latents", help="latent cache folder (from cache-latents)")
     p.add_argument(
         "--long", action="store_true", help="train the long / continuation branch (dit.long=true)"
@@ -764,16 +668,7 @@ def _add_train_generator(sub: argparse._SubParsersAction) -> None:
     _training_options(p, "generator")
 
 
-def _add_sample(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(
-        sub,
-        "sample",
-        "generate sounding videos: svg, a2v, v2a, audio, video, long, audio/video-continuation",
-        "mmldm sample --generator runs/gen --autoencoder runs/ae --task svg --num 8 --out out/\n"
-        "  mmldm sample --generator runs/gen --autoencoder runs/ae --task a2v --audio song.wav "
-        "--num 4 --out out/a2v",
-        cmd_sample,
-    )
+def _sample_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator", required=True, help="generator run or checkpoint")
     p.add_argument("--autoencoder", required=True, help="the autoencoder it was trained on")
     _decoder_options(p)
@@ -797,31 +692,14 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     _common(p)
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(
-        sub,
-        "demo",
-        "the whole pipeline on a CPU: synthetic data, every stage trained, every task sampled, "
-        "scores, DIR/index.html",
-        "mmldm demo --out runs/demo        # re-running skips the stages already done",
-        cmd_demo,
-    )
+def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     _family_option(p, "the synthetic family to train on (see synth-data --family)")
     _config_options(p, default="demo")
     _common(p)
 
 
-def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = _subparser(
-        sub,
-        "evaluate",
-        "FVD / KVD / FAD and the synthetic-benchmark scores of generated sounding videos",
-        "mmldm evaluate --real data/landscape --fake samples/svg \\\n"
-        "    --i3d weights/i3d_pretrained_400.pt --vggish weights/vggish.pth \\\n"
-        "    --resolution 256 --out metrics.json",
-        cmd_evaluate,
-    )
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--real", required=True, help="real videos: a data folder or manifest")
     p.add_argument("--fake", required=True, help="generated videos: a folder of mp4 files")
     p.add_argument(
@@ -852,21 +730,120 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------------------------
 
 # in the order `mmldm --help` lists them
-_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_info,
-    _add_config,
-    _add_synth_data,
-    _add_preprocess,
-    _add_train_vae,
-    _add_train_autoencoder,
-    _add_distill_decoder,
-    _add_distill_vae,
-    _add_reconstruct,
-    _add_cache_latents,
-    _add_train_generator,
-    _add_sample,
-    _add_demo,
-    _add_evaluate,
+_COMMANDS: tuple[_Command, ...] = (
+    _Command(
+        "info",
+        "print a checkpoint's step, parameter counts and stored config",
+        "mmldm info runs/generator            # latest checkpoint of a run\n"
+        "  mmldm info runs/generator/checkpoints/step_00010000 --no-config",
+        cmd_info,
+        _info_options,
+    ),
+    _Command(
+        "config",
+        "print the resolved config of a preset or YAML file with overrides",
+        "mmldm config --config paper_aist --set dit.depth=12 --out my_config.yaml",
+        cmd_config,
+        _config_command_options,
+    ),
+    _Command(
+        "synth-data",
+        "write a synthetic sounding-video dataset with exactly known audio-visual ground truth",
+        "mmldm synth-data --out data/synth --num-clips 200 --seed 0 --config demo",
+        cmd_synth_data,
+        _synth_data_options,
+    ),
+    _Command(
+        "preprocess",
+        "decode a dataset once into a cache of frames and audio, so training reads arrays",
+        "mmldm preprocess --data data/landscape --cache cache/landscape --config paper_landscape",
+        cmd_preprocess,
+        _preprocess_options,
+    ),
+    _Command(
+        "train-vae",
+        "stage 0: fine-tune the KL-VAE decoder on frames and audio images (or train a small one)",
+        "mmldm train-vae --config paper_landscape --vae models/sd-vae --data data/landscape "
+        "--out runs/vae",
+        cmd_train_on_clips,
+        partial(_training_options, stage="vae"),
+    ),
+    _Command(
+        "train-autoencoder",
+        "stage 1: train the multi-modal autoencoder (accelerate: 1 process, GPUs, nodes)",
+        "mmldm train-autoencoder --config paper_landscape --vae runs/vae --data data/landscape "
+        "--out runs/ae\n  accelerate launch --num_processes 8 -m mmldm train-autoencoder ...\n"
+        "  mmldm train-autoencoder --resume runs/ae",
+        cmd_train_on_clips,
+        partial(_training_options, stage="autoencoder"),
+    ),
+    _Command(
+        "distill-decoder",
+        "after stage 1: a few-step signal decoder (K passes, no guidance) from the autoencoder's",
+        "mmldm distill-decoder --autoencoder runs/ae --data data/landscape --out runs/dec "
+        "--set distill.steps=4\n  mmldm sample ... --decoder runs/dec\n"
+        "  mmldm distill-decoder --resume runs/dec",
+        cmd_distill_decoder,
+        _distill_options,
+    ),
+    _Command(
+        "distill-vae",
+        "after stage 1: a tiny VAE decoder (TAESD's architecture) in place of the KL-VAE's",
+        "mmldm distill-vae --autoencoder runs/ae --data data/landscape --out runs/tiny\n"
+        "  mmldm sample ... --vae-decoder runs/tiny",
+        cmd_distill_decoder,
+        _distill_options,
+    ),
+    _Command(
+        "reconstruct",
+        "encode a real clip with a trained autoencoder and decode it back to an mp4 with sound",
+        "mmldm reconstruct --autoencoder runs/ae --input clip.mp4 --out recon.mp4",
+        cmd_reconstruct,
+        _reconstruct_options,
+    ),
+    _Command(
+        "cache-latents",
+        "encode a dataset once with the frozen autoencoder into latent shards (+ statistics)",
+        "mmldm cache-latents --autoencoder runs/ae --data data/landscape --out latents/landscape"
+        "\n  torchrun --nproc_per_node 4 -m mmldm cache-latents ...   # sharded across processes",
+        cmd_cache_latents,
+        _cache_latents_options,
+    ),
+    _Command(
+        "train-generator",
+        "stage 2: train the multi-modal DiT on cached latents (accelerate, bf16 on GPU, EMA)",
+        "mmldm train-generator --config paper_landscape --latents latents/landscape --out "
+        "runs/gen\n  mmldm train-generator --config paper_landscape --latents latents/landscape "
+        "--out runs/gen_long --long",
+        cmd_train_generator,
+        _train_generator_options,
+    ),
+    _Command(
+        "sample",
+        "generate sounding videos: svg, a2v, v2a, audio, video, long, audio/video-continuation",
+        "mmldm sample --generator runs/gen --autoencoder runs/ae --task svg --num 8 --out out/\n"
+        "  mmldm sample --generator runs/gen --autoencoder runs/ae --task a2v --audio song.wav "
+        "--num 4 --out out/a2v",
+        cmd_sample,
+        _sample_options,
+    ),
+    _Command(
+        "demo",
+        "the whole pipeline on a CPU: synthetic data, every stage trained, every task sampled, "
+        "scores, DIR/index.html",
+        "mmldm demo --out runs/demo        # re-running skips the stages already done",
+        cmd_demo,
+        _demo_options,
+    ),
+    _Command(
+        "evaluate",
+        "FVD / KVD / FAD and the synthetic-benchmark scores of generated sounding videos",
+        "mmldm evaluate --real data/landscape --fake samples/svg \\\n"
+        "    --i3d weights/i3d_pretrained_400.pt --vggish weights/vggish.pth \\\n"
+        "    --resolution 256 --out metrics.json",
+        cmd_evaluate,
+        _evaluate_options,
+    ),
 )
 
 
@@ -878,8 +855,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mmldm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add_subcommand in _SUBCOMMANDS:
-        add_subcommand(subparsers)
+    for command in _COMMANDS:
+        _add_subcommand(subparsers, command)
     return parser
 
 

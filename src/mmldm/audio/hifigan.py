@@ -205,25 +205,18 @@ _AUDIO = {
     "fmin": 0,
     "fmax": 8000,
 }
+_V1 = {
+    "resblock": "1",
+    "upsample_rates": [8, 8, 2, 2],
+    "upsample_kernel_sizes": [16, 16, 4, 4],
+    "upsample_initial_channel": 512,
+    "resblock_kernel_sizes": [3, 7, 11],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+    **_AUDIO,
+}
 PRESETS: dict[str, dict[str, Any]] = {
-    "V1": {
-        "resblock": "1",
-        "upsample_rates": [8, 8, 2, 2],
-        "upsample_kernel_sizes": [16, 16, 4, 4],
-        "upsample_initial_channel": 512,
-        "resblock_kernel_sizes": [3, 7, 11],
-        "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-        **_AUDIO,
-    },
-    "V2": {  # V1 with a quarter of the channels
-        "resblock": "1",
-        "upsample_rates": [8, 8, 2, 2],
-        "upsample_kernel_sizes": [16, 16, 4, 4],
-        "upsample_initial_channel": 128,
-        "resblock_kernel_sizes": [3, 7, 11],
-        "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-        **_AUDIO,
-    },
+    "V1": _V1,
+    "V2": {**_V1, "upsample_initial_channel": 128},  # V1 with a quarter of the channels
     "V3": {
         "resblock": "2",
         "upsample_rates": [8, 8, 4],

@@ -12,6 +12,7 @@ never reached the decoder).
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +47,9 @@ from mmldm.models.vae import decode as vae_decode
 from mmldm.networks import discriminator_config
 from mmldm.train.common import (
     adversarial_stage,
-    make_accelerator,
     make_optimizer,
+    start_clip_stage,
     train_step,
-    training_dataset,
     write_reconstructions,
 )
 from mmldm.weights import CheckpointError, load_weights
@@ -348,9 +348,7 @@ def train_autoencoder(
 ) -> Path:
     """Train stage 1 into the run folder ``run``; returns the last checkpoint's folder."""
     run = Path(run)
-    stage = cfg.train.autoencoder
-    accelerator = make_accelerator(cfg, stage)
-    dataset = training_dataset(data, cfg, cache_dir, accelerator)
+    accelerator, dataset = start_clip_stage(cfg, "autoencoder", data, cache_dir)
     vae = load_vae(cfg.vae).to(accelerator.device).eval().requires_grad_(False)
     cfg = adopt_vae_scaling(cfg, vae)  # stored in every checkpoint: sampling rebuilds the VAE
     model = MultiModalAutoencoder(autoencoder_config(cfg), cfg.train.gradient_checkpointing)
@@ -358,7 +356,7 @@ def train_autoencoder(
         for unet in model.decoder.unets.values():
             load_pretrained_unet(unet, cfg.decoder.pretrained_unet)
     objective = Objective(model, cfg)
-    opt = make_optimizer(model.parameters(), stage)
+    opt = make_optimizer(model.parameters(), cfg.train.autoencoder)
     disc = (
         TripletDiscriminator(discriminator_config(cfg)) if cfg.autoencoder.gan_weight > 0 else None
     )
@@ -385,9 +383,5 @@ def train_autoencoder(
             accelerator, objective, opt, inputs, batch["label"], cfg, loop.step, disc, disc_opt
         )
         loop.end_step(logs)
-        if loop.due(cfg.train.sample_every):
-            if accelerator.is_main_process:
-                folder = run / "samples" / f"step_{loop.step:08d}"
-                write_reconstructions(previews, video, audio, folder)
-            accelerator.wait_for_everyone()
+        loop.preview(functools.partial(write_reconstructions, previews, video, audio))
     return loop.close()

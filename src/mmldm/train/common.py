@@ -148,49 +148,6 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
-def save_training_checkpoint(
-    accelerator: Accelerator,
-    run: Path,
-    cfg: Config,
-    kind: str,
-    step: int,
-    modules: Mapping[str, nn.Module | Mapping[str, torch.Tensor]],
-    optimizers: Mapping[str, torch.optim.Optimizer],
-    extra_metadata: Mapping[str, str] | None = None,
-) -> Path | None:
-    """Gather every process's RNG state and write one checkpoint from the main process."""
-    rng = gather_object([capture_rng_state()])  # one state per process, in rank order
-    # every process takes part: under sharded strategies this gathers the full weights
-    states = {
-        k: accelerator.get_state_dict(m) if isinstance(m, nn.Module) else m
-        for k, m in modules.items()
-    }
-    counts = {
-        k: sum(p.numel() for p in accelerator.unwrap_model(m).parameters())
-        for k, m in modules.items()
-        if isinstance(m, nn.Module)
-    }
-    metadata = {"mmldm.parameters": json.dumps(counts), **(extra_metadata or {})}
-    path = None
-    if accelerator.is_main_process:
-        path = save_checkpoint(
-            run / "checkpoints",
-            modules=states,
-            config=cfg,
-            kind=kind,
-            step=step,
-            training_state={
-                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                "rng": list(rng),
-                "world_size": accelerator.num_processes,
-            },
-            keep_last=cfg.train.keep_last,
-            extra_metadata=metadata,
-        )
-    accelerator.wait_for_everyone()
-    return path
-
-
 def resume_training(
     accelerator: Accelerator,
     run: Path,
@@ -232,6 +189,14 @@ def training_dataset(data, cfg: Config, cache_dir, accelerator: Accelerator):
     return dataset
 
 
+def start_clip_stage(cfg: Config, stage: str, data, cache_dir) -> tuple[Accelerator, Dataset]:
+    """How the stages that train on clips (vae, autoencoder, distill) start: the accelerator of
+    the ``train.<stage>`` settings (:func:`make_accelerator`), then the clips of ``data``
+    (:func:`training_dataset`, decoded into ``cache_dir`` first when one is given)."""
+    accelerator = make_accelerator(cfg, getattr(cfg.train, stage))
+    return accelerator, training_dataset(data, cfg, cache_dir, accelerator)
+
+
 class TrainingLoop:
     """The loop every stage shares: resume, data order, learning rate, progress, logging and
     checkpoints. A stage writes only its forward pass::
@@ -240,6 +205,7 @@ class TrainingLoop:
         for batch in loop:                      # on the device, learning rates set
             logs, _ = train_step(accelerator, objective, opt, loss_fn, ...)
             loop.end_step(logs)                 # progress, metrics, checkpoints
+            loop.preview(write)                 # every train.sample_every steps: write(folder)
         return loop.close()
 
     Args:
@@ -320,20 +286,55 @@ class TrainingLoop:
                     self.clock.eta(self.step),
                 )
         if save:
-            self.last = save_training_checkpoint(
-                self.accelerator,
-                self.run,
-                self.cfg,
-                self.kind,
-                self.step,
-                self.modules,
-                self.optimizers,
-                extra_metadata=self.extra_metadata,
+            self.last = self.save()
+
+    def save(self) -> Path | None:
+        """Gather every process's RNG state and write one checkpoint of this step from the main
+        process (its folder there, None on the others)."""
+        accelerator = self.accelerator
+        rng = gather_object([capture_rng_state()])  # one state per process, in rank order
+        # every process takes part: under sharded strategies this gathers the full weights
+        states = {
+            k: accelerator.get_state_dict(m) if isinstance(m, nn.Module) else m
+            for k, m in self.modules.items()
+        }
+        counts = {
+            k: sum(p.numel() for p in accelerator.unwrap_model(m).parameters())
+            for k, m in self.modules.items()
+            if isinstance(m, nn.Module)
+        }
+        metadata = {"mmldm.parameters": json.dumps(counts), **(self.extra_metadata or {})}
+        path = None
+        if accelerator.is_main_process:
+            path = save_checkpoint(
+                self.run / "checkpoints",
+                modules=states,
+                config=self.cfg,
+                kind=self.kind,
+                step=self.step,
+                training_state={
+                    "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                    "rng": list(rng),
+                    "world_size": accelerator.num_processes,
+                },
+                keep_last=self.cfg.train.keep_last,
+                extra_metadata=metadata,
             )
+        accelerator.wait_for_everyone()
+        return path
 
     def due(self, every: int) -> bool:
         """True on the steps where something done every ``every`` steps (and at the end) runs."""
         return self.step % every == 0 or self.step == self.total
+
+    def preview(self, write: Callable[[Path], None]) -> None:
+        """Every ``train.sample_every`` steps (and at the end): ``write(folder)`` on the main
+        process, into ``RUN/samples/step_<8-digit step>``; the other processes wait for it."""
+        if not self.due(self.cfg.train.sample_every):
+            return
+        if self.accelerator.is_main_process:
+            write(self.run / "samples" / f"step_{self.step:08d}")
+        self.accelerator.wait_for_everyone()
 
     def close(self) -> Path:
         self.bar.close()

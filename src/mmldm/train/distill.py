@@ -58,10 +58,9 @@ from mmldm.models.vae import decode as vae_decode
 from mmldm.models.vae import encode as vae_encode
 from mmldm.train.common import (
     TrainingLoop,
-    make_accelerator,
     make_optimizer,
+    start_clip_stage,
     train_step,
-    training_dataset,
     write_reconstructions,
 )
 from mmldm.weights import CheckpointError
@@ -213,14 +212,12 @@ def distill_decoder(
         raise ValueError(f"unknown part {part!r} ({' | '.join(PARTS)})")
     run = Path(run)
     codec, cfg, fingerprint = _load_teacher(autoencoder, run, part, overrides, resume)
-    stage = cfg.train.distill
-    accelerator = make_accelerator(cfg, stage)
-    dataset = training_dataset(data, cfg, cache_dir, accelerator)
+    accelerator, dataset = start_clip_stage(cfg, "distill", data, cache_dir)
     # the teacher and its VAE on the device first: the student is a copy of the teacher's decoder
     codec.autoencoder.to(accelerator.device)
     codec.vae.to(accelerator.device)
     student, objective = _build_student(part, codec, cfg, accelerator.device)
-    opt = make_optimizer(student.parameters(), stage)
+    opt = make_optimizer(student.parameters(), cfg.train.distill)
     objective, opt = accelerator.prepare(objective, opt)
     loop = TrainingLoop(
         accelerator,
@@ -333,8 +330,5 @@ def _train_student(
             step=loop.step,
         )
         loop.end_step(logs)
-        if loop.due(cfg.train.sample_every):
-            if accelerator.is_main_process:
-                write_previews(batch, loop.run / "samples" / f"step_{loop.step:08d}")
-            accelerator.wait_for_everyone()
+        loop.preview(functools.partial(write_previews, batch))
     return loop.close()

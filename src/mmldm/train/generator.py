@@ -172,13 +172,12 @@ def train_generator(
     for batch in loop:
         logs = generator_step(accelerator, model, opt, batch, cfg, abar, loop.step, ema)
         loop.end_step(logs)
-        if loop.due(cfg.train.sample_every):
-            if accelerator.is_main_process:
-                samples.write(
-                    ema if ema is not None else accelerator.unwrap_model(model),
-                    run / "samples" / f"step_{loop.step:08d}",
-                )
-            accelerator.wait_for_everyone()
+        # the EMA weights when there are any: the ones sampling loads by default
+        loop.preview(
+            lambda folder: samples.write(
+                ema if ema is not None else accelerator.unwrap_model(model), folder
+            )
+        )
     return loop.close()
 
 
