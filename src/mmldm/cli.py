@@ -17,7 +17,6 @@ from mmldm.checkpoint import summarize_checkpoint
 from mmldm.config import (
     Config,
     ConfigError,
-    DataConfig,
     config_from_dict,
     config_to_yaml,
     list_presets,
@@ -31,8 +30,6 @@ from mmldm.synthetic.families import FAMILIES
 from mmldm.weights import CheckpointError
 
 if TYPE_CHECKING:  # annotations only: torch and the pipeline are imported by the commands
-    import torch
-
     from mmldm.pipeline import MMLDMPipeline
 
 log = logging.getLogger("mmldm")
@@ -438,7 +435,7 @@ def _check_condition(args: argparse.Namespace) -> None:
     """Exit with a usage message when ``--task`` needs ``--audio`` / ``--video`` and lacks it."""
     need = _CONDITION_OPTION.get(args.task)
     if need and not getattr(args, need):
-        raise SystemExit(f"mmldm sample: --task {args.task} needs --{need} FILE")
+        raise SystemExit(f"mmldm sample: --task {args.task} needs --{need} FILE|FOLDER|MANIFEST")
 
 
 def _load_pipeline(args: argparse.Namespace) -> MMLDMPipeline:
@@ -459,85 +456,49 @@ def _load_pipeline(args: argparse.Namespace) -> MMLDMPipeline:
     )
 
 
-def _read_condition(
-    args: argparse.Namespace, data: DataConfig
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(audio, video) of the given clip from ``--start`` on, None where not given: audio float
-    ``[N]`` mono at ``data.sample_rate``, video float ``[F, 3, S, S]`` in [-1, 1]; one clip
-    (``data.clip_seconds``) long."""
-    import torch
-
-    from mmldm.data.clips import frames_to_tensor_layout
-    from mmldm.data.dataset import decode_frames
-    from mmldm.data.media import read_audio
-
-    audio = video = None
-    if args.audio:
-        audio = torch.from_numpy(
-            read_audio(args.audio, data.sample_rate, start=args.start, duration=data.clip_seconds)
-        )
-    if args.video:
-        frames = decode_frames(Path(args.video), data, args.start, data.clip_seconds)
-        video = torch.from_numpy(frames_to_tensor_layout(frames))
-    return audio, video
-
-
 # the options of `mmldm sample` that MMLDMPipeline.generate takes under the same names, the
 # same for every batch
 _GENERATE_ARGS = ("clips", "steps", "sampler", "guidance_audio", "guidance_video", "decoder_steps")
 
 
-def _generate(
-    args: argparse.Namespace,
-    pipe: MMLDMPipeline,
-    audio: torch.Tensor | None,
-    video: torch.Tensor | None,
-) -> list[dict]:
-    """``--num`` samples in batches (``--batch-size``, default sample.batch_size), each batch
-    seeded ``--seed`` + its first index and saved to ``--out``; one record per sample."""
-    batch = args.batch_size or pipe.cfg.sample.batch_size
-    options = {name: getattr(args, name) for name in _GENERATE_ARGS}
-    records = []
-    for first in range(0, args.num, batch):
-        n = min(batch, args.num - first)
-        gen = pipe.generate(
-            args.task,
-            n,
-            seed=args.seed + first,
-            audio=audio,
-            video=video,
-            labels=args.label,
-            **options,
-        )
-        records += pipe.save(gen, args.out, start=first)
-    return records
-
-
-def _write_sample_records(args: argparse.Namespace, records: list[dict]) -> None:
-    """OUT/TASK.json: the models, the given condition and one record per sample."""
-    import json
-
-    given = {"audio": args.audio, "video": args.video, "start": args.start}
-    (Path(args.out) / f"{args.task}.json").write_text(
-        json.dumps(
-            {
-                "generator": args.generator,
-                "autoencoder": args.autoencoder,
-                "condition": given,
-                "samples": records,
-            },
-            indent=2,
-        )
-    )
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
+    from mmldm.batch import ConditionError, find_conditions, sample_batch
+
     _check_condition(args)
+    kind = _CONDITION_OPTION.get(args.task)
+    try:  # before the models load: a wrong path fails at once
+        conditions = find_conditions(getattr(args, kind), kind, args.start) if kind else None
+    except ConditionError as err:
+        print(f"mmldm sample: error: {err}", file=sys.stderr)
+        return 1
     pipe = _load_pipeline(args)
-    audio, video = _read_condition(args, pipe.cfg.data)
-    records = _generate(args, pipe, audio, video)
-    _write_sample_records(args, records)
-    log.info("wrote %d %s samples to %s", len(records), args.task, args.out)
+    report = sample_batch(
+        pipe,
+        args.task,
+        conditions,
+        args.out,
+        num=args.num if args.num is not None else (1 if kind else 4),
+        seed=args.seed,
+        labels=args.label,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        info={"generator": args.generator, "autoencoder": args.autoencoder},
+        **{name: getattr(args, name) for name in _GENERATE_ARGS},
+    )
+    log.info(
+        "%s: %d %s samples (%d kept from an earlier run)",
+        args.out,
+        len(report.records),
+        args.task,
+        report.skipped,
+    )
+    if report.failures:
+        print(
+            f"mmldm sample: {len(report.failures)} of {len(conditions or [])} conditions "
+            "failed (listed above and in the JSON record); the others were written",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -645,7 +606,9 @@ def _reconstruct_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", type=float, default=0.0, help="clip start in seconds")
     p.add_argument("--vocoder", help="HiFi-GAN folder (default vocoder.path of the checkpoint)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="sample k (of each condition) is drawn from seed + k"
+    )
     _common(p)
 
 
@@ -673,19 +636,40 @@ def _sample_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--autoencoder", required=True, help="the autoencoder it was trained on")
     _decoder_options(p)
     p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--num", type=int, default=4, help="number of samples")
+    p.add_argument(
+        "--num",
+        type=int,
+        help="samples (default 4), or samples per condition for a2v / v2a / continuations "
+        "(default 1)",
+    )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--audio", help="a2v / audio-continuation: wav or any video with sound")
-    p.add_argument("--video", help="v2a / video-continuation: a video file")
-    p.add_argument("--start", type=float, default=0.0, help="where the given clip starts (s)")
+    p.add_argument(
+        "--audio",
+        help="a2v / audio-continuation: a wav or any video with sound, a folder of them "
+        "(recursively), or a .csv / .jsonl manifest (path, optional start)",
+    )
+    p.add_argument(
+        "--video", help="v2a / video-continuation: a video file, a folder of them or a manifest"
+    )
+    p.add_argument("--start", type=float, default=0.0, help="where the given clips start (s)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="redo outputs that exist (default: skip them)"
+    )
     p.add_argument("--clips", type=int, help="clips of long / continuation outputs")
-    p.add_argument("--label", type=int, nargs="+", help="class(es) (class-conditional models)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--label",
+        type=int,
+        nargs="+",
+        help="class-conditional models: one class for all outputs, or one per output",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="sample k (of each condition) is drawn from seed + k"
+    )
     p.add_argument("--steps", type=int, help="sampling steps (default sample.steps)")
     p.add_argument("--sampler", choices=["ddim", "dpm"], help="default sample.sampler")
     p.add_argument("--guidance-audio", type=float, help="eq. 9 scale for generated audio")
     p.add_argument("--guidance-video", type=float, help="eq. 9 scale for generated video")
-    p.add_argument("--batch-size", type=int, help="samples per batch (default sample.batch_size)")
+    p.add_argument("--batch-size", type=int, help="outputs per batch (default sample.batch_size)")
     p.add_argument("--vocoder", help="HiFi-GAN folder (default vocoder.path)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -823,7 +807,9 @@ _COMMANDS: tuple[_Command, ...] = (
         "generate sounding videos: svg, a2v, v2a, audio, video, long, audio/video-continuation",
         "mmldm sample --generator runs/gen --autoencoder runs/ae --task svg --num 8 --out out/\n"
         "  mmldm sample --generator runs/gen --autoencoder runs/ae --task a2v --audio song.wav "
-        "--num 4 --out out/a2v",
+        "--num 4 --out out/a2v\n"
+        "  mmldm sample --generator runs/gen --autoencoder runs/ae --task a2v --audio clips/ "
+        "--out out/a2v   # one output per clip, models loaded once",
         cmd_sample,
         _sample_options,
     ),

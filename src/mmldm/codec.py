@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from diffusers.utils.torch_utils import randn_tensor
 
 from mmldm.audio.mel import audio_image, audio_image_to_mel
 from mmldm.audio.vocoder import Vocoder, load_vocoder_from_config
@@ -33,6 +34,7 @@ from mmldm.checkpoint import (
 )
 from mmldm.config import Config, VAEConfig
 from mmldm.diffusion.sampling import (
+    Generators,
     ModelFn,
     few_step_sample,
     few_step_timesteps,
@@ -449,17 +451,27 @@ def decoder_noise(
     b: int,
     n: int,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Starting noise ``[B + B*n, 4, R, R]`` (audio latents, then n frames per clip): one draw
-    per frame, or one per clip for all its frames with ``sample.decoder_shared_noise``."""
+    per frame, or one per clip for all its frames with ``sample.decoder_shared_noise``. With a
+    list of B generators, clip i's rows come from generator i alone."""
     latent = (cfg.vae.latent_channels, cfg.vae_latent_size, cfg.vae_latent_size)
-    x_a = torch.randn((b, *latent), generator=generator, device=device, dtype=dtype)
+    kw = dict(generator=generator, device=torch.device(device), dtype=dtype)
+    x_a = randn_tensor((b, *latent), **kw)
     draws = 1 if cfg.sample.decoder_shared_noise else n
-    x_v = torch.randn((b, draws, *latent), generator=generator, device=device, dtype=dtype)
+    x_v = randn_tensor((b, draws, *latent), **kw)
     return torch.cat([x_a, x_v.expand(-1, n, -1, -1, -1).flatten(0, 1)])
+
+
+def decoder_rows(generator: Generators, n: int) -> Generators:
+    """Per-clip generators -> one per row of :func:`decoder_noise`'s layout (a clip's frames
+    share its generator); a single generator or None as it is."""
+    if not isinstance(generator, list):
+        return generator
+    return [*generator, *(g for g in generator for _ in range(n))]
 
 
 def run_decoder_sampler(
@@ -469,7 +481,7 @@ def run_decoder_sampler(
     sampler: str,
     steps: int,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     desc: str | None = None,
 ) -> torch.Tensor:
     """x_0 from ``x_T`` with ``sampler``: ddim / dpm (diffusers, :func:`sample_loop`) or
@@ -635,7 +647,7 @@ class Codec:
         sampler: str | None = None,
         guidance_audio: float | None = None,
         guidance_video: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         vae_batch: int = 32,
         desc: str | None = None,
     ) -> DecodedClips:
@@ -657,7 +669,8 @@ class Codec:
         )
         x_T = decoder_noise(cfg, b, f, generator=generator, device=z_a.device, dtype=z_a.dtype)
         sampler = sampler or sc.decoder_sampler
-        x0 = run_decoder_sampler(model_fn, x_T, cfg, sampler, steps, generator=generator, desc=desc)
+        rows = decoder_rows(generator, f)
+        x0 = run_decoder_sampler(model_fn, x_T, cfg, sampler, steps, generator=rows, desc=desc)
         vae = self.decoding_vae
         images = torch.cat([vae_decode(vae, chunk) for chunk in x0.split(vae_batch)]).clamp(-1, 1)
         image, frames = images[:b], images[b:].unflatten(0, (b, f))

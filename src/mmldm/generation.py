@@ -29,14 +29,18 @@ class Generation:
     labels: list[int] | None = None
 
 
-def save_generation(gen: Generation, out_dir: str | Path, start: int = 0) -> list[dict]:
-    """Write ``{task}_{start + i:04d}.mp4`` per sample (H.264 + AAC) and a contact sheet of
-    the batch; returns one record per sample (file, seed, settings) for the caller's JSON."""
+def save_generation(
+    gen: Generation, out_dir: str | Path, start: int = 0, names: list[str] | None = None
+) -> list[dict]:
+    """Write one mp4 per sample (H.264 + AAC), ``{name}.mp4`` with ``names`` (which may hold
+    subfolders) or ``{task}_{start + i:04d}.mp4``, and a contact sheet of the batch; returns
+    one record per sample (file relative to ``out_dir``, seed, settings) for the caller's JSON."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records, rows = [], []
     for i in range(len(gen.frames)):
-        path = out / f"{gen.task}_{start + i:04d}.mp4"
+        path = out / f"{names[i] if names else f'{gen.task}_{start + i:04d}'}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_video(
             path,
             gen.frames[i].permute(0, 2, 3, 1).cpu().numpy(),
@@ -48,7 +52,7 @@ def save_generation(gen: Generation, out_dir: str | Path, start: int = 0) -> lis
         rows.append(list(gen.frames[i, ::step][:8]))
         records.append(
             {
-                "file": path.name,
+                "file": path.relative_to(out).as_posix(),
                 "task": gen.task,
                 "seed": gen.seeds[i],
                 "batch_index": i,
@@ -63,6 +67,6 @@ def save_generation(gen: Generation, out_dir: str | Path, start: int = 0) -> lis
     save_grid(
         rows,
         out / f"{gen.task}_sheet_{start:04d}.png",
-        [r["file"].removesuffix(".mp4") for r in records],
+        [Path(r["file"]).stem for r in records],
     )
     return records

@@ -23,6 +23,7 @@ from mmldm.checkpoint import checkpoint_fingerprint, load_checkpoint
 from mmldm.codec import Codec, DecodedClips
 from mmldm.config import Config
 from mmldm.data.latents import LatentStats
+from mmldm.diffusion.sampling import Generators
 from mmldm.generation import Generation, save_generation
 from mmldm.models.dit import MultiModalDiT
 from mmldm.networks import dit_config
@@ -162,6 +163,7 @@ class MMLDMPipeline:
         num: int = 1,
         *,
         seed: int = 0,
+        generator: Generators = None,
         audio: torch.Tensor | None = None,
         video: torch.Tensor | None = None,
         clips: int | None = None,
@@ -175,6 +177,9 @@ class MMLDMPipeline:
         """Generate ``num`` samples of ``task`` (:data:`TASKS`).
 
         Args:
+            seed: seeds one generator for the batch, unless ``generator`` is given.
+            generator: a ``torch.Generator`` for the batch, or a list of ``num``: sample i's
+                noise then comes from generator i alone, whatever batch it is drawn in.
             audio: ``[N]`` or ``[num, N]`` waveform at data.sample_rate (a2v, audio-continuation).
             video: ``[F, 3, S, S]`` or ``[num, F, 3, S, S]`` in [-1, 1] (v2a, video-continuation).
             clips: clips of a long / continued output (default sample.long_clips).
@@ -185,7 +190,9 @@ class MMLDMPipeline:
         spec = TASKS.get(task)
         if spec is None:
             raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
-        g = torch.Generator(self.device).manual_seed(seed)
+        g = torch.Generator(self.device).manual_seed(seed) if generator is None else generator
+        if isinstance(g, list) and len(g) != num:
+            raise ValueError(f"{len(g)} generators for {num} samples")
         kw = dict(steps=steps, sampler=sampler, generator=g)
         kw.update(guidance_audio=guidance_audio, guidance_video=guidance_video)
         y = self._labels(labels, num)
@@ -207,7 +214,15 @@ class MMLDMPipeline:
             prev["prev_v"] = None if spec.given == "audio" else z_v
         frames, wave = (torch.cat(track, 1) for track in zip(*tracks, strict=True))
         info = {**kw, "decoder_steps": decoder_steps}
-        return self._result(task, frames, wave, seed, num, info, spec.audio != "silent", y)
+        seeds = [x.initial_seed() for x in g] if isinstance(g, list) else [g.initial_seed()] * num
+        return self._result(task, frames, wave, seeds, info, spec.audio != "silent", y)
+
+    @staticmethod
+    def given_modality(task: str) -> str | None:
+        """ "audio" / "video": the modality of the clip ``task`` is given; None: no clip."""
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+        return TASKS[task].given
 
     def _labels(self, labels: list[int] | None, num: int) -> torch.Tensor | None:
         """Classes ``[num]`` (one class for all, or one per sample), or None."""
@@ -268,7 +283,7 @@ class MMLDMPipeline:
         }[spec.audio]
         return video.float(), audio.float()
 
-    def _result(self, task, frames, wave, seed, num, kw, has_audio, labels) -> Generation:
+    def _result(self, task, frames, wave, seeds, kw, has_audio, labels) -> Generation:
         settings = {k: v for k, v in kw.items() if k != "generator"}
         dec = self.codec.cfg.sample  # the decoder's settings (a distilled one's if loaded)
         settings.update(
@@ -283,7 +298,7 @@ class MMLDMPipeline:
             wave=wave.float().clamp(-1, 1),
             fps=self.cfg.data.fps,
             sample_rate=self.cfg.data.sample_rate,
-            seeds=[seed] * num,
+            seeds=seeds,
             settings=settings,
             has_audio=has_audio,
             labels=None if labels is None else labels.tolist(),

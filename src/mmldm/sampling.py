@@ -18,8 +18,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
-from mmldm.diffusion.sampling import ModelFn, guide, sample_loop
+from mmldm.diffusion.sampling import Generators, ModelFn, guide, sample_loop
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod, make_sampler
 from mmldm.models.dit import DiTInputs, MultiModalDiT
 
@@ -43,14 +44,16 @@ def unpack(cfg: Config, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def noise(
     cfg: Config,
     num: int,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Standard normal ``[num, |z_a| + |z_v|]``: the audio latents' draw, then the video's."""
-    kw = dict(generator=generator, device=device, dtype=dtype)
-    z_a = torch.randn((num, *cfg.audio_latent_shape), **kw)
-    z_v = torch.randn((num, *cfg.video_latent_shape), **kw)
+    """Standard normal ``[num, |z_a| + |z_v|]``: the audio latents' draw, then the video's.
+    With a list of ``num`` generators, row i comes from generator i alone, so a sample does
+    not depend on the batch it is drawn in."""
+    kw = dict(generator=generator, device=torch.device(device), dtype=dtype)
+    z_a = randn_tensor((num, *cfg.audio_latent_shape), **kw)
+    z_v = randn_tensor((num, *cfg.video_latent_shape), **kw)
     return pack(z_a, z_v)
 
 
@@ -115,9 +118,10 @@ def sample_latents(
     sampler: str | None = None,
     guidance_audio: float | None = None,
     guidance_video: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised (z_a, z_v) ``[num, C, h, w]`` from the DiT, on its device and dtype.
+    """Normalised (z_a, z_v) ``[num, C, h, w]`` from the DiT, on its device and dtype;
+    ``generator``: one for the batch or a list of ``num``, one per sample.
 
     A given ``cond_a`` (a2v) / ``cond_v`` (v2a) is the clean latent of that modality,
     returned as it is; ``prev_a`` / ``prev_v`` are the previous clip's latents (long,

@@ -178,13 +178,16 @@ def _check_griffin_lim_args(
 
 
 def _initial_phase(mag: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Phase ``phi_0 ~ U[0, 2 pi)`` of ``mag``'s shape, device and dtype; from ``generator``
-    (CPU) or, when None, a fixed seed (0)."""
+    """Phase ``phi_0 ~ U[0, 2 pi)`` of ``mag``'s shape ``[B, ...]``, device and dtype; from
+    ``generator`` (CPU) or, when None, a fixed seed (0). Without a generator every row starts
+    from the same draw, so that a clip's waveform does not depend on the batch it is in."""
+    shape = mag.shape
     if generator is None:
         generator = torch.Generator().manual_seed(0)
+        shape = (1, *mag.shape[1:])
     # Drawn on the CPU then moved, so every device starts from the same phase.
-    phase = torch.rand(mag.shape, generator=generator, dtype=torch.float64) * (2.0 * math.pi)
-    return phase.to(device=mag.device, dtype=mag.dtype)
+    phase = torch.rand(shape, generator=generator, dtype=torch.float64) * (2.0 * math.pi)
+    return phase.expand(mag.shape).to(device=mag.device, dtype=mag.dtype)
 
 
 def griffin_lim(

@@ -90,7 +90,9 @@ def _list_videos(root: Path) -> list[Path]:
     return [p for p in files if p.is_file()]
 
 
-def _read_manifest(path: Path) -> list[VideoEntry]:
+def read_manifest(path: Path) -> list[VideoEntry]:
+    """The entries of a .csv / .jsonl manifest: ``path`` (relative to the manifest), optional
+    ``label`` (or ``class``), ``start`` and ``end`` (s)."""
     if not path.is_file():
         raise DatasetError(f"{path}: manifest not found")
     rows: list[dict] = []
@@ -134,7 +136,7 @@ def _read_manifest(path: Path) -> list[VideoEntry]:
 def list_entries(source: Path, data: DataConfig) -> list[VideoEntry]:
     """The videos of a folder (``folder`` / ``regex`` layouts) or of a manifest file."""
     if data.layout == "manifest" or source.suffix.lower() in (".csv", ".jsonl"):
-        return _read_manifest(source)
+        return read_manifest(source)
     entries = []
     pattern = re.compile(data.class_regex) if data.layout == "regex" else None
     for path in _list_videos(source):

@@ -20,6 +20,8 @@ from mmldm.diffusion.schedule import predict_x0
 
 # (x_t [N, ...], t [N] long) -> the model's prediction (eps or v) [N, ...]
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# random draws: none given, one generator for a batch, or one per row (diffusers' convention)
+Generators = torch.Generator | list[torch.Generator] | None
 
 
 def guided(cond: torch.Tensor, null: torch.Tensor, scale: float) -> torch.Tensor:
@@ -78,10 +80,11 @@ def sample_loop(
     steps: int,
     *,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     desc: str | None = None,
 ) -> torch.Tensor:
-    """Run ``steps`` denoising steps from pure noise ``x_T`` and return x_0.
+    """Run ``steps`` denoising steps from pure noise ``x_T`` and return x_0 (``generator``: for
+    DDIM's noise with eta > 0; a list holds one generator per row of ``x_T``).
 
     Args:
         model_fn: ``(x_t [N, ...], t [N] long) -> prediction [N, ...]`` (eps or v).
