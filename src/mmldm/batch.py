@@ -7,11 +7,11 @@ models loaded once.
 Each output is named after its condition (``clips/dogs/bark.wav`` -> ``out/a2v/dogs/bark_00.mp4``,
 the number is the sample of that condition) and ``out/a2v/a2v.json`` maps every output to its
 condition, seed and settings; it is rewritten after every batch, so a killed run keeps what it
-wrote, and a re-run skips the outputs that exist (``overwrite=True`` redoes them). Sample k of
-every condition is drawn from seed ``seed + k`` by a generator of its own: outputs do not depend
-on the batch they were drawn in, and the conditions of one k share their noise (so that what
-differs between them is the condition). A condition that cannot be read is reported by name,
-the rest of the batch still runs, and the failures are counted in the report.
+wrote, and a re-run skips the outputs that exist (``overwrite=True`` redoes them). Output j
+(conditions in sorted order, then their samples) is drawn from seed ``seed + j`` by a generator
+of its own, recorded in the JSON: an output does not depend on the batch it was drawn in. A
+condition that cannot be read is reported by name, the rest of the batch still runs, and the
+failures are counted in the report.
 """
 
 from __future__ import annotations
@@ -185,7 +185,8 @@ def _plan(
     if conditions is None:
         wanted = [_Item(f"{task}_{i:04d}", None, seed + i) for i in range(num)]
     else:
-        wanted = [_Item(f"{c.name}_{k:02d}", c, seed + k) for c in conditions for k in range(num)]
+        pairs = [(c, k) for c in conditions for k in range(num)]
+        wanted = [_Item(f"{c.name}_{k:02d}", c, seed + j) for j, (c, k) in enumerate(pairs)]
     if labels is not None:
         if len(labels) not in (1, len(wanted)):
             raise ValueError(f"{len(labels)} labels for {len(wanted)} outputs: give 1 or one each")

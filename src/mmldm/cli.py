@@ -607,7 +607,7 @@ def _reconstruct_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocoder", help="HiFi-GAN folder (default vocoder.path of the checkpoint)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument(
-        "--seed", type=int, default=0, help="sample k (of each condition) is drawn from seed + k"
+        "--seed", type=int, default=0, help="output j of the batch is drawn from seed + j"
     )
     _common(p)
 
@@ -663,7 +663,7 @@ def _sample_options(p: argparse.ArgumentParser) -> None:
         help="class-conditional models: one class for all outputs, or one per output",
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="sample k (of each condition) is drawn from seed + k"
+        "--seed", type=int, default=0, help="output j of the batch is drawn from seed + j"
     )
     p.add_argument("--steps", type=int, help="sampling steps (default sample.steps)")
     p.add_argument("--sampler", choices=["ddim", "dpm"], help="default sample.sampler")
