@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from common import (
     RESULTS_DIR,
     Timing,
@@ -56,7 +57,7 @@ from mmldm.models.discriminator import TripletDiscriminator
 from mmldm.models.dit import DiTInputs, MultiModalDiT
 from mmldm.networks import discriminator_config, dit_config
 from mmldm.train.autoencoder import Objective, autoencoder_step
-from mmldm.train.common import make_accelerator, make_optimizer, prepare_adversarial
+from mmldm.train.common import make_optimizer, prepare_adversarial
 from mmldm.train.generator import generator_step
 
 DECODER_LIMIT_S = 60.0  # skip repeats of the paper decoder's forward beyond this (the brief)
@@ -100,6 +101,12 @@ class Result:
 # --------------------------------------------------------------------------------------------
 
 
+def cpu_accelerator(stage) -> Accelerator:
+    """The trainers' step functions run under accelerate; here on the CPU in fp32 whatever the
+    machine has (these are CPU timings), with the stage's gradient accumulation."""
+    return Accelerator(cpu=True, mixed_precision="no", gradient_accumulation_steps=stage.grad_accum)
+
+
 def latent_batch(cfg: Config, b: int) -> dict[str, torch.Tensor]:
     """Normalised latents as the latent cache yields them."""
     return {
@@ -113,7 +120,7 @@ def dit_train_step(cfg: Config, b: int) -> tuple[Callable[[], None], int]:
     """One generator training step: :func:`generator_step`, the trainer's own, with its model
     and optimizer prepared by accelerate as in ``train_generator``."""
     stage = cfg.train.generator
-    accelerator = make_accelerator(cfg, stage)
+    accelerator = cpu_accelerator(stage)
     model = MultiModalDiT(dit_config(cfg)).train()
     ema = copy.deepcopy(model).requires_grad_(False) if stage.ema_decay > 0 else None
     model, opt = accelerator.prepare(model, make_optimizer(model.parameters(), stage))
@@ -162,7 +169,7 @@ def autoencoder_train_step(cfg: Config, b: int) -> tuple[Callable[[], None], int
     cfg = dataclasses.replace(
         cfg, discriminator=dataclasses.replace(cfg.discriminator, start_step=0)
     )
-    accelerator = make_accelerator(cfg, stage)
+    accelerator = cpu_accelerator(stage)
     vae = build_vae(cfg.vae).eval().requires_grad_(False)
     model = MultiModalAutoencoder(autoencoder_config(cfg)).train()
     objective = Objective(model, cfg)

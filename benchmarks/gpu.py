@@ -287,7 +287,7 @@ def ae_train_section(bench: Bench, out: dict[str, Any]) -> None:
         betas=tuple(stage.betas),
         weight_decay=stage.weight_decay,
     )
-    disc = None
+    disc = disc_opt = None
     if cfg.autoencoder.gan_weight > 0:
         with torch.device(dev):
             disc = TripletDiscriminator(discriminator_config(cfg)).to(dev).train()
@@ -549,6 +549,10 @@ def max_batch_section(bench: Bench, out: dict[str, Any]) -> None:
 
 def print_tables(report: dict[str, Any]) -> None:
     secs = report["sections"]
+    for name in ("dit-train", "ae-train"):  # a row left without timings by a failed section
+        for r in secs.get(name, {}).get("rows", []):
+            if "median_s" not in r:
+                r.setdefault("error", "failed (see the section's error)")
     if "dit-train" in secs:
         rows = [
             [

@@ -362,3 +362,20 @@ def test_sample_a_manifest_and_report_what_cannot_be_read(trained, tmp_path, cap
     empty.mkdir()
     assert _sample(trained, "--task", "a2v", "--audio", str(empty), "--out", str(out)) == 1
     assert "no audio files in this folder" in capsys.readouterr().err
+
+
+def test_condition_names_never_collide(tmp_path):
+    """Outputs are named after their condition, relative to the folder or manifest; names
+    that would repeat (one stem, two extensions; one file at two starts) are numbered."""
+    from mmldm.batch import find_conditions
+
+    for rel in ("dogs/bark.wav", "dogs/bark.mp4", "cats/meow.wav"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    names = [c.name for c in find_conditions(tmp_path, "audio")]
+    assert sorted(names) == ["cats/meow", "dogs/bark_1", "dogs/bark_2"]
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path,start\ncats/meow.wav,0\ncats/meow.wav,2\ndogs/bark.wav,0\n")
+    conditions = find_conditions(manifest, "audio")
+    assert [c.name for c in conditions] == ["cats/meow_1", "cats/meow_2", "dogs/bark"]
+    assert [c.start for c in conditions] == [0.0, 2.0, 0.0]

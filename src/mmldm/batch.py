@@ -61,6 +61,7 @@ class _Item:
     name: str
     condition: Condition | None
     seed: int
+    index: int  # j: its place among all the batch's outputs
     label: int | None = None
 
 
@@ -72,6 +73,7 @@ class BatchReport:
     records: list[dict] = field(default_factory=list)
     skipped: int = 0
     failures: list[str] = field(default_factory=list)
+    failed: set[Condition] = field(default_factory=set, repr=False)  # not read again
 
 
 def find_conditions(source: str | Path, kind: str, start: float = 0.0) -> list[Condition]:
@@ -85,20 +87,38 @@ def find_conditions(source: str | Path, kind: str, start: float = 0.0) -> list[C
             entries = read_manifest(source)
         except DatasetError as err:
             raise ConditionError(str(err)) from None
-        return [
-            Condition(e.path, _stem(e.path, e.path.parent), e.span[0] if e.span else start)
-            for e in entries
-        ]
+        return _unique(
+            [
+                Condition(e.path, _stem(e.path, source.parent), e.span[0] if e.span else start)
+                for e in entries
+            ]  # fmt: skip
+        )
     if source.is_dir():
         suffixes = VIDEO_EXTENSIONS | (AUDIO_EXTENSIONS if kind == "audio" else set())
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in suffixes)
         if not files:
             names = ", ".join(sorted(suffixes))
             raise ConditionError(f"{source}: no {kind} files in this folder ({names})")
-        return [Condition(p, _stem(p, source), start) for p in files]
+        return _unique([Condition(p, _stem(p, source), start) for p in files])
     if not source.is_file():
         raise ConditionError(f"{source}: no such file or folder")
     return [Condition(source, source.stem, start)]
+
+
+def _unique(conditions: list[Condition]) -> list[Condition]:
+    """Names that repeat (``bark.wav`` beside ``bark.mp4``, one file at two starts in a
+    manifest) get ``_1``, ``_2``, ... in their order, so that no output overwrites another."""
+    counts: dict[str, int] = {}
+    for c in conditions:
+        counts[c.name] = counts.get(c.name, 0) + 1
+    seen: dict[str, int] = {}
+    unique = []
+    for c in conditions:
+        if counts[c.name] > 1:
+            seen[c.name] = seen.get(c.name, 0) + 1
+            c = replace(c, name=f"{c.name}_{seen[c.name]}")
+        unique.append(c)
+    return unique
 
 
 def _stem(path: Path, root: Path) -> str:
@@ -159,7 +179,8 @@ def sample_batch(
             gen = pipe.generate(
                 task, len(items), generator=gens, labels=classes, **given, **generate
             )
-            records = save_generation(gen, out, first, names=[item.name for item in items])
+            names = [item.name for item in items]
+            records = save_generation(gen, out, items[0].index, names=names)
             for record, item in zip(records, items, strict=True):
                 record["condition"] = item.condition and str(item.condition.path)
                 record["condition_start"] = item.condition and item.condition.start
@@ -183,10 +204,10 @@ def _plan(
     """Every output still to write, and a report holding the records of the outputs kept from
     an earlier run."""
     if conditions is None:
-        wanted = [_Item(f"{task}_{i:04d}", None, seed + i) for i in range(num)]
+        wanted = [_Item(f"{task}_{i:04d}", None, seed + i, i) for i in range(num)]
     else:
         pairs = [(c, k) for c in conditions for k in range(num)]
-        wanted = [_Item(f"{c.name}_{k:02d}", c, seed + j) for j, (c, k) in enumerate(pairs)]
+        wanted = [_Item(f"{c.name}_{k:02d}", c, seed + j, j) for j, (c, k) in enumerate(pairs)]
     if labels is not None:
         if len(labels) not in (1, len(wanted)):
             raise ValueError(f"{len(labels)} labels for {len(wanted)} outputs: give 1 or one each")
@@ -225,11 +246,14 @@ def _read_items(
     ok, signals, read = [], [], {}
     for item in items:
         condition = item.condition
+        if condition in report.failed:  # failed in an earlier batch: reported once
+            continue
         if condition not in read:
             try:
                 read[condition] = read_condition(condition, kind, data)
             except (MediaError, DatasetError, FileNotFoundError) as err:
                 read[condition] = None
+                report.failed.add(condition)
                 report.failures.append(str(err))
                 log.error("%s", err)
         if read[condition] is not None:

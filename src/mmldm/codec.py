@@ -624,14 +624,16 @@ class Codec:
     def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
         """Audio ``[B, N]`` -> z_a (posterior mean), without any video."""
         image = audio_image(audio, self.cfg.data)
-        latent = encode(self.vae, image.to(next(self.vae.parameters()).dtype))
+        # the VAE's posterior mean too: a given clip encodes the same way every time
+        latent = encode(self.vae, image.to(next(self.vae.parameters()).dtype), sample=False)
         return self.autoencoder.audio_encoder(latent).mean
 
     @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """Frames ``[B, F, 3, S, S]`` in [-1, 1] -> z_v (posterior mean), without any audio."""
         key = video[:, self.cfg.autoencoder.key_frames]  # [B, K, 3, S, S]
-        latents = encode(self.vae, key.flatten(0, 1).to(next(self.vae.parameters()).dtype))
+        dtype = next(self.vae.parameters()).dtype
+        latents = encode(self.vae, key.flatten(0, 1).to(dtype), sample=False)
         return self.autoencoder.video_encoder(latents.unflatten(0, key.shape[:2])).mean
 
     # -- latents -> signals ------------------------------------------------------------------
