@@ -164,7 +164,6 @@ class DiTTrainer:
     def __init__(self, cfg: Config, bench: Bench, compiled: bool) -> None:
         self.cfg, self.bench = cfg, bench
         stage = cfg.train.generator
-        self.stage = stage
         dev = bench.device
         with torch.device(dev):  # initialising on the GPU is much faster than on the CPU
             self.model = MultiModalDiT(dit_config(cfg)).to(dev).train()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,8 +29,9 @@ import torch
 from mmldm.console import progress
 from mmldm.data.clips import frames_to_tensor_layout
 from mmldm.data.dataset import VIDEO_EXTENSIONS, DatasetError, decode_frames, read_manifest
-from mmldm.data.media import MediaError, read_audio
+from mmldm.data.media import MediaError, read_audio, write_json
 from mmldm.generation import save_generation
+from mmldm.tasks import task_spec
 
 if TYPE_CHECKING:  # a pipeline and a data config are handed in
     from mmldm.config import DataConfig
@@ -91,7 +93,7 @@ def find_conditions(source: str | Path, kind: str, start: float = 0.0) -> list[C
             [
                 Condition(e.path, _stem(e.path, source.parent), e.span[0] if e.span else start)
                 for e in entries
-            ]  # fmt: skip
+            ]
         )
     if source.is_dir():
         suffixes = VIDEO_EXTENSIONS | (AUDIO_EXTENSIONS if kind == "audio" else set())
@@ -108,14 +110,11 @@ def find_conditions(source: str | Path, kind: str, start: float = 0.0) -> list[C
 def _unique(conditions: list[Condition]) -> list[Condition]:
     """Names that repeat (``bark.wav`` beside ``bark.mp4``, one file at two starts in a
     manifest) get ``_1``, ``_2``, ... in their order, so that no output overwrites another."""
-    counts: dict[str, int] = {}
-    for c in conditions:
-        counts[c.name] = counts.get(c.name, 0) + 1
-    seen: dict[str, int] = {}
+    counts, seen = Counter(c.name for c in conditions), Counter()
     unique = []
     for c in conditions:
         if counts[c.name] > 1:
-            seen[c.name] = seen.get(c.name, 0) + 1
+            seen[c.name] += 1
             c = replace(c, name=f"{c.name}_{seen[c.name]}")
         unique.append(c)
     return unique
@@ -134,7 +133,7 @@ def read_condition(condition: Condition, kind: str, data: DataConfig) -> torch.T
     path, seconds = condition.path, data.clip_seconds
     if kind == "audio":
         wave = read_audio(path, data.sample_rate, start=condition.start, duration=seconds)
-        need = int(round(seconds * data.sample_rate))
+        need = data.clip_samples
         if len(wave) < need:
             raise MediaError(f"{path}: {len(wave) / data.sample_rate:.2f} s of audio from "
                              f"{condition.start:g} s, a clip needs {seconds:g} s")  # fmt: skip
@@ -167,7 +166,7 @@ def sample_batch(
     :meth:`~mmldm.pipeline.MMLDMPipeline.generate`; ``info``: what ``{task}.json`` records
     beside the samples (e.g. the model paths)."""
     out = Path(out)
-    kind = pipe.given_modality(task)
+    kind = task_spec(task).given
     todo, report = _plan(task, conditions, out, num, seed, labels, overwrite)
     batch = batch_size or pipe.cfg.sample.batch_size
     bar = progress(total=len(todo), desc=f"sampling {task}")
@@ -264,9 +263,5 @@ def _read_items(
 
 def _write_record(out: Path, task: str, report: BatchReport, info: dict[str, Any] | None) -> None:
     """``out/{task}.json``, written whole to a temporary file and renamed over the old one."""
-    out.mkdir(parents=True, exist_ok=True)
     record = {**(info or {}), "task": task, "samples": report.records}
-    record["failures"] = report.failures
-    tmp = out / f".{task}.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(out / f"{task}.json")
+    write_json(out / f"{task}.json", {**record, "failures": report.failures})

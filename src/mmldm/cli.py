@@ -25,8 +25,8 @@ from mmldm.config import (
 from mmldm.console import setup_logging
 from mmldm.data.dataset import DatasetError
 from mmldm.data.media import MediaError
-from mmldm.pipeline import TASKS
-from mmldm.synthetic.families import FAMILIES
+from mmldm.synthetic.classes import FAMILIES
+from mmldm.tasks import TASKS
 from mmldm.weights import CheckpointError
 
 if TYPE_CHECKING:  # annotations only: torch and the pipeline are imported by the commands
@@ -422,22 +422,6 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     return 0
 
 
-# the option holding the clip a conditioned task starts from (other tasks need none)
-_CONDITION_OPTION = {
-    "a2v": "audio",
-    "audio-continuation": "audio",
-    "v2a": "video",
-    "video-continuation": "video",
-}
-
-
-def _check_condition(args: argparse.Namespace) -> None:
-    """Exit with a usage message when ``--task`` needs ``--audio`` / ``--video`` and lacks it."""
-    need = _CONDITION_OPTION.get(args.task)
-    if need and not getattr(args, need):
-        raise SystemExit(f"mmldm sample: --task {args.task} needs --{need} FILE|FOLDER|MANIFEST")
-
-
 def _load_pipeline(args: argparse.Namespace) -> MMLDMPipeline:
     """The generator and autoencoder of ``mmldm sample`` on ``--device`` in ``--dtype``."""
     import torch
@@ -464,8 +448,9 @@ _GENERATE_ARGS = ("clips", "steps", "sampler", "guidance_audio", "guidance_video
 def cmd_sample(args: argparse.Namespace) -> int:
     from mmldm.batch import ConditionError, find_conditions, sample_batch
 
-    _check_condition(args)
-    kind = _CONDITION_OPTION.get(args.task)
+    kind = TASKS[args.task].given  # the modality of the given clip, if the task takes one
+    if kind and not getattr(args, kind):
+        raise SystemExit(f"mmldm sample: --task {args.task} needs --{kind} FILE|FOLDER|MANIFEST")
     try:  # before the models load: a wrong path fails at once
         conditions = find_conditions(getattr(args, kind), kind, args.start) if kind else None
     except ConditionError as err:

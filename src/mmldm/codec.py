@@ -336,11 +336,6 @@ def batch_inputs(
 
 
 # --------------------------------------------------------------------------------------------
-# Latent statistics: the DiT's latents, normalised per channel
-# --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
 # The trained autoencoder: loading, encoding, decoding
 # --------------------------------------------------------------------------------------------
 
@@ -677,7 +672,7 @@ class Codec:
         images = torch.cat([vae_decode(vae, chunk) for chunk in x0.split(vae_batch)]).clamp(-1, 1)
         image, frames = images[:b], images[b:].unflatten(0, (b, f))
         mel_settings = cfg.data.mel
-        n = int(round(cfg.data.clip_seconds * cfg.data.sample_rate))
+        n = cfg.data.clip_samples
         mel = audio_image_to_mel(image.float(), mel_settings.n_mels, mel_settings.num_frames(n))
         wave = self.get_vocoder()(mel)
         wave = F.pad(wave, (0, max(0, n - wave.shape[-1])))[:, :n]

@@ -102,6 +102,11 @@ class DataConfig:
         return self.num_frames / self.fps
 
     @property
+    def clip_samples(self) -> int:
+        """Audio samples of one clip."""
+        return int(round(self.clip_seconds * self.sample_rate))
+
+    @property
     def mel(self) -> MelSettings:
         """The STFT / mel settings of the audio, as the mel and the vocoder take them."""
         return MelSettings(

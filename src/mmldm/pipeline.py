@@ -13,7 +13,6 @@ guidance of the paper's eq. 9), ``audio`` / ``video`` (one modality of a joint s
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,32 +27,10 @@ from mmldm.generation import Generation, save_generation
 from mmldm.models.dit import MultiModalDiT
 from mmldm.networks import dit_config
 from mmldm.sampling import sample_latents
+from mmldm.tasks import Task, task_spec
 from mmldm.weights import CheckpointError, load_weights
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Task:
-    """What a generation task is given and what its output shows (docs/design.md §8)."""
-
-    given: str | None = None  # "audio" / "video": the modality of a given clip
-    continued: bool = False  # K clips, each conditioned on the previous clip's latents (the
-    #                          given clip, where there is one, opens the output)
-    video: str = "generated"  # the video track: "generated", "given" or "audio image"
-    audio: str = "generated"  # the audio track: "generated", "given" or "silent"
-
-
-TASKS = {
-    "svg": Task(),
-    "a2v": Task(given="audio", audio="given"),  # video guided by the audio (eq. 9)
-    "v2a": Task(given="video", video="given"),
-    "audio": Task(video="audio image"),  # one modality of a joint sample
-    "video": Task(audio="silent"),
-    "long": Task(continued=True),
-    "audio-continuation": Task(given="audio", continued=True, video="audio image"),
-    "video-continuation": Task(given="video", continued=True, audio="silent"),
-}
 
 
 class MMLDMPipeline:
@@ -187,9 +164,7 @@ class MMLDMPipeline:
             decoder_steps: signal decoder steps (default sample.decoder_steps; a distilled
                 decoder's K).
         """
-        spec = TASKS.get(task)
-        if spec is None:
-            raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+        spec = task_spec(task)
         g = torch.Generator(self.device).manual_seed(seed) if generator is None else generator
         if isinstance(g, list) and len(g) != num:
             raise ValueError(f"{len(g)} generators for {num} samples")
@@ -217,13 +192,6 @@ class MMLDMPipeline:
         seeds = [x.initial_seed() for x in g] if isinstance(g, list) else [g.initial_seed()] * num
         return self._result(task, frames, wave, seeds, info, spec.audio != "silent", y)
 
-    @staticmethod
-    def given_modality(task: str) -> str | None:
-        """ "audio" / "video": the modality of the clip ``task`` is given; None: no clip."""
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
-        return TASKS[task].given
-
     def _labels(self, labels: list[int] | None, num: int) -> torch.Tensor | None:
         """Classes ``[num]`` (one class for all, or one per sample), or None."""
         if labels is None:
@@ -249,7 +217,7 @@ class MMLDMPipeline:
         if signal is None:
             raise ValueError(f"task {task} needs --{spec.given}")
         if spec.given == "audio":
-            n = int(round(self.cfg.data.clip_seconds * self.cfg.data.sample_rate))
+            n = self.cfg.data.clip_samples
             signal = (signal if signal.dim() == 2 else signal[None])[:, :n]
         else:
             signal = signal if signal.dim() == 5 else signal[None]
@@ -274,7 +242,7 @@ class MMLDMPipeline:
             if image is None
             else image[:, None].expand(-1, data.num_frames, -1, -1, -1),
         }[spec.video]
-        n = int(round(data.clip_seconds * data.sample_rate))
+        n = data.clip_samples
         num = len(video)
         audio = {
             "generated": wave,

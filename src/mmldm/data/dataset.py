@@ -330,7 +330,7 @@ class SoundingVideoDataset(Dataset):
         offset = ref.start - self.extents[ref.video][0]  # the cache starts at the extent's start
         first = int(round(offset * data.fps))
         a0 = int(round(offset * data.sample_rate))
-        n = int(round(data.clip_seconds * data.sample_rate))
+        n = data.clip_samples
         frames = np.load(cached / "frames.npy", mmap_mode="r")[first : first + data.num_frames]
         audio = np.load(cached / "audio.npy", mmap_mode="r")[a0 : a0 + n]
         if len(frames) < data.num_frames or len(audio) < n:
@@ -352,7 +352,7 @@ class SoundingVideoDataset(Dataset):
             raise DatasetError(f"{self.source}: no clip could be decoded")
         if self.train and self.data.hflip_prob > 0 and torch.rand(()) < self.data.hflip_prob:
             frames = hflip(frames)
-        n = int(round(self.data.clip_seconds * self.data.sample_rate))
+        n = self.data.clip_samples
         return {
             "video": torch.from_numpy(frames_to_tensor_layout(frames)),
             "audio": torch.from_numpy(np.ascontiguousarray(audio[:n], dtype=np.float32)),

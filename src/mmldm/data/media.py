@@ -7,6 +7,7 @@ Every failure raises :class:`MediaError` naming the file and the problem.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -465,6 +467,15 @@ def _written_atomically(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, obj: Any, indent: int = 2) -> Path:
+    """``obj`` as JSON (with a final newline) in ``path``, atomically (a temporary file beside
+    it, renamed into place)."""
+    path = Path(path)
+    with _written_atomically(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent) + "\n")
+    return path
 
 
 def _clipped_mono(audio: np.ndarray) -> np.ndarray:

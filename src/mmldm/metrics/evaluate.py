@@ -42,7 +42,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,7 @@ from mmldm.config import Config, DataConfig, load_config
 from mmldm.console import progress
 from mmldm.data.clips import frames_to_tensor_layout, resize_frames
 from mmldm.data.dataset import VIDEO_EXTENSIONS, DatasetError, SoundingVideoDataset, decode_span
-from mmldm.data.media import MediaError, read_media
+from mmldm.data.media import MediaError, read_media, write_json
 from mmldm.metrics.audioclip import FAD_SCALE, AudioCLIPEmbedder, load_audioclip
 from mmldm.metrics.frechet import FeatureStats, kernel_distance
 from mmldm.metrics.i3d import I3DFeatureExtractor, load_i3d
@@ -142,7 +141,7 @@ def read_fake_clip(path: Path, data: DataConfig) -> tuple[torch.Tensor, torch.Te
     )
     assert media.frames is not None and media.audio is not None
     frames, audio = media.frames, media.audio
-    samples = int(round(data.clip_seconds * data.sample_rate))
+    samples = data.clip_samples
     if len(frames) != data.num_frames or len(audio) < samples:
         raise MediaError(
             path,
@@ -648,16 +647,6 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json(result: dict[str, Any], path: str | Path) -> Path:
-    """Write the result as JSON (atomically: a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
 def evaluate_command(args: argparse.Namespace) -> int:
     """``mmldm evaluate`` (options: see ``mmldm evaluate --help``); returns the exit code."""
     cfg = load_config(args.config, args.overrides)
@@ -683,5 +672,5 @@ def evaluate_command(args: argparse.Namespace) -> int:
     )
     print(format_report(result))
     if args.out:
-        print(f"\nwrote {write_json(result, args.out)}")
+        print(f"\nwrote {write_json(args.out, result)}")
     return 0

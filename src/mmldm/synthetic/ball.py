@@ -25,9 +25,6 @@ from mmldm.synthetic.clip import SyntheticClip, clip_spec, composite, fade_ends
 if TYPE_CHECKING:  # the clips read a data config's fields
     from mmldm.config import DataConfig
 
-MAX_CLASSES = len(CLASS_SETS["ball"].palette)  # the most of any family
-BASE_PITCH_HZ = CLASS_SETS["ball"].base_pitch_hz  # class 0
-PITCH_RATIO = CLASS_SETS["ball"].pitch_ratio
 PITCH_BEND = CLASS_SETS["ball"].pitch_bend  # octaves up (top) / down (bottom)
 BACKGROUND = (40, 40, 40)  # uint8 RGB, dark grey: every class colour contrasts with it
 TONE_AMPLITUDE = 0.3

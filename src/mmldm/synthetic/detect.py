@@ -30,7 +30,7 @@ import numpy as np
 
 from mmldm.synthetic.classes import check_family, class_table
 
-_MIN_CONTRAST = 40.0  # 0..255 scale: weaker peaks are noise, not the ball
+_MIN_CONTRAST = 40.0  # 0..255 scale: weaker peaks are noise, not the object
 _END_GUARD = 0.01  # seconds at the end of a waveform where onsets are ignored
 
 
@@ -82,8 +82,8 @@ def _box3(img: np.ndarray) -> np.ndarray:
 def _foreground(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel difference from each frame's background and its smoothed strength.
 
-    rgb: float ``[T, H, W, 3]`` 0..255. The background is each frame's median colour (the ball
-    covers ~5% of the frame). Returns diff ``[T, H, W, 3]`` and strength ``[T, H, W]`` (the
+    rgb: float ``[T, H, W, 3]`` 0..255. The background is each frame's median colour (the object
+    covers a few % of the frame). Returns diff ``[T, H, W, 3]`` and strength ``[T, H, W]`` (the
     3x3-smoothed Euclidean colour distance to the background, 0..~441).
     """
     background = np.median(rgb.reshape(len(rgb), -1, 3), axis=1)
@@ -206,7 +206,7 @@ def detect_audio_class(wave, sample_rate: int, num_classes: int, family: str = "
 
 
 def detect_positions(frames) -> np.ndarray:
-    """Ball centre (x, y) in pixels per frame: float64 ``[T, 2]``, NaN where none is found.
+    """Object centre (x, y) in pixels per frame: float64 ``[T, 2]``, NaN where none is found.
 
     The strength-weighted centroid (strength above half its peak) in a window around the
     frame's strongest foreground point; a symmetric blur or noise leave it unbiased.
@@ -215,7 +215,7 @@ def detect_positions(frames) -> np.ndarray:
     rgb = frames_to_float(frames)
     _, strength = _foreground(rgb)
     num, height, width = strength.shape
-    half = max(3, int(round(0.3 * min(height, width))))  # > 2 ball radii (resolution / 8)
+    half = max(3, int(round(0.3 * min(height, width))))  # > 2 ball radii, > a swollen pulse square
     out = np.full((num, 2), np.nan)
     for t in range(num):
         s = strength[t]

@@ -24,7 +24,6 @@ Positions are (x, y) in pixels, y pointing down. Frame t shows time t / fps.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from mmldm.console import progress
-from mmldm.data.media import write_video
+from mmldm.data.media import write_json, write_video
 from mmldm.synthetic.ball import ball_clip, ball_max_step, ball_radius
 from mmldm.synthetic.classes import FAMILIES, check_family, check_pitches, class_table
 from mmldm.synthetic.clip import SyntheticClip, clip_rng
@@ -46,7 +45,6 @@ if TYPE_CHECKING:  # the clips read a data config's fields
 # in classes / clip / ball.
 __all__ = [
     "FAMILIES",
-    "SyntheticClip",
     "ball_radius",
     "check_pitches",
     "class_table",
@@ -97,10 +95,7 @@ def _write_clip(path: Path, clip: SyntheticClip) -> None:
     write_video(path, clip.frames, clip.fps, clip.audio, clip.sample_rate)
     truth = clip.ground_truth()
     truth["video"] = path.name
-    sidecar = path.with_suffix(".json")
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(json.dumps(truth, indent=1) + "\n")
-    tmp.replace(sidecar)  # atomic, like the mp4
+    write_json(path.with_suffix(".json"), truth, indent=1)  # atomic, like the mp4
 
 
 def synthesize_dataset(
