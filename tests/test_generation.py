@@ -7,76 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY
 from mmldm.checkpoint import CheckpointError, load_checkpoint
 from mmldm.cli import main
 from mmldm.config import load_config
 from mmldm.data.latents import LatentCacheError, LatentDataset, shard_name
 from mmldm.data.media import probe, read_media
 from mmldm.pipeline import MMLDMPipeline
-from mmldm.synthetic.families import synthesize_dataset
-
-TINY = ["--config", "tiny", "-q"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gen")
-    synth = root / "synth"
-    synthesize_dataset(synth, 6, seed=1, data=load_config("tiny").data)  # 0.8 s: 2 clips each
-    ae = root / "ae"
-    assert (
-        main(
-            [
-                "train-autoencoder",
-                "--data",
-                str(synth),
-                "--out",
-                str(ae),
-                "--max-steps",
-                "1",
-                "--set",
-                "train.sample_every=100",
-                *TINY,
-            ]
-        )
-        == 0
-    )
-    latents = root / "latents"
-    assert (
-        main(
-            [
-                "cache-latents",
-                "--autoencoder",
-                str(ae),
-                "--data",
-                str(synth),
-                "--out",
-                str(latents),
-                "--shard-size",
-                "5",
-                "-q",
-            ]
-        )
-        == 0
-    )
-    gen = root / "gen"
-    assert (
-        main(
-            [
-                "train-generator",
-                "--latents",
-                str(latents),
-                "--out",
-                str(gen),
-                "--long",
-                "--max-steps",
-                "2",
-                *TINY,
-            ]
-        )
-        == 0
-    )
-    return {"synth": synth, "ae": ae, "latents": latents, "gen": gen, "root": root}
 
 
 def test_latent_cache_contents(trained):
@@ -143,7 +80,7 @@ def test_latent_cache_resumes_and_refuses_other_autoencoders(trained, tmp_path):
     with pytest.raises(LatentCacheError, match="another autoencoder"):
         cache_latents(other, trained["synth"], latents, shard_size=5)
     with pytest.raises(CheckpointError, match="trained on the latents of"):
-        MMLDMPipeline.from_pretrained(trained["gen"], other)
+        MMLDMPipeline.from_pretrained(trained["gen"], autoencoder=other)
 
 
 def test_generator_checkpoint(trained):
@@ -156,14 +93,14 @@ def test_generator_checkpoint(trained):
 
 @pytest.fixture(scope="module")
 def pipe(trained):
-    return MMLDMPipeline.from_pretrained(trained["gen"], trained["ae"])
+    return MMLDMPipeline.from_pretrained(trained["gen"], autoencoder=trained["ae"])
 
 
 def test_same_seed_same_output(pipe):
-    a = pipe.generate("svg", 2, seed=3, steps=3)
-    b = pipe.generate("svg", 2, seed=3, steps=3)
-    c = pipe.generate("svg", 2, seed=4, steps=3)
-    assert torch.equal(a.frames, b.frames) and torch.equal(a.wave, b.wave)
+    a = pipe.generate("svg", 2, seed=3, num_inference_steps=3)
+    b = pipe.generate("svg", 2, seed=3, num_inference_steps=3)
+    c = pipe.generate("svg", 2, seed=4, num_inference_steps=3)
+    assert torch.equal(a.frames, b.frames) and torch.equal(a.audio, b.audio)
     assert not torch.equal(a.frames, c.frames)
 
 
@@ -171,12 +108,12 @@ def test_conditional_tasks_keep_the_given_modality(pipe):
     cfg = pipe.cfg
     n = int(round(cfg.data.clip_seconds * cfg.data.sample_rate))
     audio = torch.sin(torch.arange(n) / 16000 * 2 * torch.pi * 440) * 0.3
-    out = pipe.generate("a2v", 2, audio=audio, steps=3)
-    assert torch.equal(out.wave, audio.expand(2, -1))
+    out = pipe.generate("a2v", 2, audio=audio, num_inference_steps=3)
+    assert torch.equal(out.audio, audio.expand(2, -1))
     assert out.frames.shape == (2, cfg.data.num_frames, 3, 32, 32)
     video = torch.rand(cfg.data.num_frames, 3, 32, 32) * 2 - 1
-    out = pipe.generate("v2a", 1, video=video, steps=3)
-    assert torch.equal(out.frames[0], video) and out.wave.shape == (1, n)
+    out = pipe.generate("v2a", 1, video=video, num_inference_steps=3)
+    assert torch.allclose(out.frames[0], (video + 1) / 2) and out.audio.shape == (1, n)
 
 
 def _check_sample_folder(folder, task, frames, seconds, has_audio=True, num=2):
@@ -272,7 +209,7 @@ def test_distilled_decoders_in_the_pipeline_and_the_cli(trained, tmp_path):
     assert main(["distill-decoder", *common, "--out", str(dec), "--set", "distill.steps=2"]) == 0
     assert main(["distill-vae", *common, "--out", str(tiny), "--set", "distill.vae_width=8"]) == 0
     pipe = MMLDMPipeline.from_pretrained(
-        trained["gen"], trained["ae"], decoder=dec, vae_decoder=tiny
+        trained["gen"], autoencoder=trained["ae"], decoder=dec, vae_decoder=tiny
     )
     passes = []
     pipe.codec.autoencoder.decoder.unets["shared"].register_forward_hook(
@@ -304,11 +241,11 @@ def test_per_sample_generators_make_outputs_independent_of_the_batch(pipe):
     def gens(*seeds):
         return [torch.Generator().manual_seed(s) for s in seeds]
 
-    both = pipe.generate("svg", 2, generator=gens(5, 6), steps=2)
-    alone = pipe.generate("svg", 1, generator=gens(6), steps=2)
+    both = pipe.generate("svg", 2, generator=gens(5, 6), num_inference_steps=2)
+    alone = pipe.generate("svg", 1, generator=gens(6), num_inference_steps=2)
     assert torch.allclose(both.frames[1], alone.frames[0], atol=1e-4)
     # 64 Griffin-Lim iterations amplify the last-bit differences of batched matmuls
-    assert torch.allclose(both.wave[1], alone.wave[0], atol=2e-3)
+    assert torch.allclose(both.audio[1], alone.audio[0], atol=2e-3)
     assert both.seeds == [5, 6] and not torch.allclose(both.frames[0], both.frames[1])
 
 
@@ -379,3 +316,162 @@ def test_condition_names_never_collide(tmp_path):
     conditions = find_conditions(manifest, "audio")
     assert [c.name for c in conditions] == ["cats/meow_1", "cats/meow_2", "dogs/bark"]
     assert [c.start for c in conditions] == [0.0, 2.0, 0.0]
+
+
+# --------------------------------------------------------------------------------------------
+# diffusers conventions, model folders (mmldm export, --model)
+# --------------------------------------------------------------------------------------------
+
+
+def test_pipeline_call_follows_diffusers_conventions(pipe):
+    """Output types agree, return_dict=False is (frames, audio), the step callback sees every
+    DiT step and what it returns replaces the latents, .to() casts every network."""
+    g = torch.Generator().manual_seed(0)
+    pt = pipe("svg", 2, num_inference_steps=3, generator=g)
+    g = torch.Generator().manual_seed(0)
+    np_out = pipe("svg", 2, num_inference_steps=3, generator=g, output_type="np")
+    assert pt.frames.min() >= 0 and pt.frames.max() <= 1  # diffusers' range
+    np.testing.assert_array_equal(np_out.frames, pt.frames.permute(0, 1, 3, 4, 2).numpy())
+    np.testing.assert_array_equal(np_out.audio, pt.audio.numpy())
+    assert pt["fps"] == pt.fps == pipe.cfg.data.fps and pt.sample_rate == 16000
+    frames, audio = pipe("svg", 2, num_inference_steps=3, seed=0, return_dict=False)
+    assert torch.equal(frames, pt.frames) and torch.equal(audio, pt.audio)
+    seen = []
+
+    def record(p, i, t, kw):
+        seen.append((p is pipe, i, t, tuple(kw["latents"].shape), kw["clip"]))
+        return {}
+
+    again = pipe("svg", 2, num_inference_steps=3, seed=0, callback_on_step_end=record)
+    assert torch.equal(again.frames, pt.frames)  # a callback that returns nothing changes nothing
+    size = int(np.prod(pipe.cfg.audio_latent_shape)) + int(np.prod(pipe.cfg.video_latent_shape))
+    assert [s[1] for s in seen] == [0, 1, 2] and all(s[0] and s[3] == (2, size) for s in seen)
+    assert [s[2] for s in seen] == sorted((s[2] for s in seen), reverse=True)
+
+    def same(p, i, t, kw):
+        return {"latents": kw["latents"].clone()}
+
+    def zero_last(p, i, t, kw):
+        return {"latents": torch.zeros_like(kw["latents"])} if i == 2 else {}
+
+    kept = pipe("svg", 2, num_inference_steps=3, seed=0, callback_on_step_end=same)
+    zeroed = pipe("svg", 2, num_inference_steps=3, seed=0, callback_on_step_end=zero_last)
+    assert torch.equal(kept.frames, pt.frames) and not torch.allclose(zeroed.frames, pt.frames)
+    pipe.to(torch.bfloat16)
+    try:
+        assert pipe.dtype == torch.bfloat16 and pipe.codec.vae.dtype == torch.bfloat16
+        assert next(pipe.codec.autoencoder.parameters()).dtype == torch.bfloat16
+    finally:
+        pipe.to("cpu", torch.float32)
+    assert pipe.dtype == torch.float32
+
+
+def _hifigan(folder, sample_rate):
+    """A tiny random HiFi-GAN in the release's layout, at the data's rate."""
+    import dataclasses
+
+    from test_vocoder import (
+        release_state_dict,
+        tiny_config,
+        weight_normed_original,
+        write_release_folder,
+    )
+
+    config = dataclasses.replace(tiny_config("2"), sampling_rate=sample_rate)
+    write_release_folder(folder, config, release_state_dict(weight_normed_original(config)))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(trained, tmp_path_factory):
+    """The trained runs exported as one model folder, with a HiFi-GAN and a score report."""
+    root = tmp_path_factory.mktemp("model")
+    vocoder = _hifigan(root / "hifigan", 16000)
+    report = {
+        "metrics": {"FVD": {"value": 123.4, "extractor": "i3d", "real_clips": 8, "fake_clips": 8}},
+        "missing": [{"metric": "FAD", "needs": "--vggish"}],
+        "settings": {"real_clips": 8, "fake_clips": 8},
+    }
+    (root / "report.json").write_text(json.dumps(report))
+    out = root / "synth-tiny"
+    args = ["export", "--generator", str(trained["gen"]), "--autoencoder", str(trained["ae"])]
+    args += ["--vocoder", str(vocoder), "--scores", str(root / "report.json"), "--out", str(out)]
+    assert main([*args, "-q"]) == 0
+    assert main([*args, "-q"]) == 1  # exists: refused without --overwrite
+    assert main([*args, "-q", "--overwrite"]) == 0
+    return out
+
+
+def test_export_writes_a_self_contained_diffusers_style_folder(model, trained):
+    from diffusers import AutoencoderKL
+    from safetensors import safe_open
+
+    index = json.loads((model / "model_index.json").read_text())
+    assert index["_class_name"] == "MMLDMPipeline" and index["vae"] == [
+        "diffusers",
+        "AutoencoderKL",
+    ]
+    assert index["decoder"] == [None, None]
+    for part in ("generator", "autoencoder", "vae", "vocoder"):
+        assert (model / part / "config.json").is_file() and list(
+            (model / part).glob("*.safetensors")
+        )
+    # inference weights only: the generator's EMA as its "dit", no discriminator, no optimizer
+    with safe_open(str(model / "generator" / "model.safetensors"), "pt") as fh:
+        assert {k.split(".")[0] for k in fh.keys()} == {"dit", "latent_stats"}
+    ema = load_checkpoint(trained["gen"]).state_dict("ema")
+    exported = load_checkpoint(model / "generator").state_dict("dit")
+    assert all(torch.equal(ema[k], exported[k]) for k in ema)
+    with safe_open(str(model / "autoencoder" / "model.safetensors"), "pt") as fh:
+        assert {k.split(".")[0] for k in fh.keys()} == {"autoencoder"}
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae", local_files_only=True)
+    assert vae.config.latent_channels == 4  # diffusers reads the VAE without mmldm
+    card = (model / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: mmldm")
+    for text in ("## Training data", "`" + str(trained["synth"]) + "`", "00_red", "| FVD | 123.4",
+                 "| FAD | not computed", "## Intended use", "HiFi-GAN", "| 2 |"):  # fmt: skip
+        assert text in card, text
+
+
+def test_model_folder_loads_as_the_runs_do(model, trained, pipe):
+    """from_pretrained(folder) samples what the runs sample (with the shipped HiFi-GAN as the
+    runs' vocoder), and a config.json edited by hand is refused by name."""
+    folder = MMLDMPipeline.from_pretrained(model)
+    runs = MMLDMPipeline.from_pretrained(
+        trained["gen"], autoencoder=trained["ae"], vocoder=model / "vocoder"
+    )
+    assert folder.codec.get_vocoder().kind == "hifigan"
+    a = folder("a2v", 2, audio=torch.zeros(6400), num_inference_steps=2, seed=1)
+    b = runs("a2v", 2, audio=torch.zeros(6400), num_inference_steps=2, seed=1)
+    assert torch.equal(a.frames, b.frames) and torch.equal(a.audio, b.audio)
+    broken = model.parent / "edited"
+    import shutil
+
+    shutil.copytree(model, broken)
+    config = json.loads((broken / "generator" / "config.json").read_text())
+    config["sample"]["steps"] = 7
+    (broken / "generator" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="differs from the config stored"):
+        MMLDMPipeline.from_pretrained(broken)
+    with pytest.raises(CheckpointError, match="not an mmldm model folder"):
+        MMLDMPipeline.from_pretrained(trained["gen"])
+
+
+def test_every_command_takes_the_model_folder(model, trained, tmp_path, capsys):
+    source = next(trained["synth"].rglob("*.mp4"))
+    out = tmp_path / "a2v"
+    base = ["sample", "--model", str(model), "--task", "a2v", "--audio", str(source)]
+    assert main([*base, "--steps", "2", "--out", str(out), "-q"]) == 0
+    record = json.loads((out / "a2v.json").read_text())
+    assert record["model"] == str(model) and probe(out / record["samples"][0]["file"]).has_audio
+    recon = tmp_path / "recon.mp4"
+    args = ["reconstruct", "--model", str(model), "--input", str(source), "--out", str(recon)]
+    assert main([*args, "--decoder-steps", "2", "-q"]) == 0 and probe(recon).has_audio
+    latents = tmp_path / "latents"
+    args = ["cache-latents", "--model", str(model), "--data", str(trained["synth"])]
+    assert main([*args, "--out", str(latents), "-q"]) == 0
+    assert LatentDataset(latents).z_a.shape[0] == 12
+    assert main([*base, "--generator", str(trained["gen"]), "--out", str(out), "-q"]) == 2
+    assert "--model replaces --generator" in capsys.readouterr().err
+    assert main(["sample", "--task", "svg", "--out", str(out), "-q"]) == 2
+    assert "give --model MODEL, or --generator RUN and --autoencoder RUN" in capsys.readouterr().err

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = "2"
 WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "training_state.pt"
+COMPONENT_FILE = "model.safetensors"  # the same format in a model folder (mmldm.model_folder)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -259,7 +260,8 @@ def _prune(root: Path, keep_last: int, keep: Path) -> None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a run folder (-> its latest checkpoint), a checkpoint folder or a weights file.
+    """Accept a run folder (-> its latest checkpoint), a checkpoint folder, a model folder's
+    component folder or a weights file.
 
     Returns the path of the ``weights.safetensors`` (or other .safetensors) file.
     """
@@ -273,8 +275,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
                 "folder or a run folder); foreign .pt/.ckpt weights load with load_state_dict_file"
             )
         return path
-    if (path / WEIGHTS_FILE).is_file():
-        return path / WEIGHTS_FILE
+    for name in (WEIGHTS_FILE, COMPONENT_FILE):
+        if (path / name).is_file():
+            return path / name
     for root in (path / "checkpoints", path):
         found = list_checkpoints(root)
         if found:
@@ -295,6 +298,23 @@ def checkpoint_fingerprint(path: str | Path) -> str:
         fh.seek(max(8 + n, size - 2**20))
         digest.update(fh.read())
     return digest.hexdigest()[:32]
+
+
+def check_made_from(
+    ckpt: Checkpoint, autoencoder: str | Path, found: str | None = None, made: str = "trained"
+) -> str:
+    """Refuse a generator or distilled checkpoint unless it was made from ``autoencoder`` (a
+    run, checkpoint or weights file; ``found``: its fingerprint when already known): its
+    latents, encoders and VAE are the only ones it reads. Returns that fingerprint."""
+    expected = ckpt.metadata.get("mmldm.autoencoder_fingerprint")
+    found = found or checkpoint_fingerprint(autoencoder)
+    if expected and expected != found:
+        what = "distilled from" if made == "distilled" else "trained on the latents of"
+        raise CheckpointError(
+            f"{ckpt.path} was {what} {ckpt.metadata.get('mmldm.autoencoder')} (fingerprint "
+            f"{expected}), not {autoencoder} ({found})"
+        )
+    return found
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -237,13 +237,39 @@ def _training_options(p: argparse.ArgumentParser, stage: str) -> None:
 
 
 def _distill_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--autoencoder", help="the autoencoder run or checkpoint to distil")
+    _model_options(p, False, "the autoencoder run or checkpoint to distil")
     _run_data_options(p)
     _run_options(p, "distill")
     _overrides_option(
         p, "override distill.*, train.* or sample.* of the autoencoder's config (repeatable)"
     )
     _common(p)
+
+
+def _model_options(p: argparse.ArgumentParser, generator: bool, autoencoder_help: str) -> None:
+    """``--model MODEL`` (a model folder), or the training runs it stands for."""
+    group = p.add_argument_group("model (--model, or the runs)")
+    group.add_argument("--model", help="a model folder (mmldm export)")
+    if generator:
+        group.add_argument("--generator", help="generator run or checkpoint")
+    group.add_argument("--autoencoder", help=autoencoder_help)
+
+
+def resolve_model(args: argparse.Namespace, required: bool = True) -> None:
+    """``--model MODEL`` -> ``args.generator`` / ``args.autoencoder`` (the folder's weights
+    files, from which the codec finds the folder's VAE, vocoder and distilled decoders)."""
+    runs = ["generator", "autoencoder"] if hasattr(args, "generator") else ["autoencoder"]
+    given = [f"--{name}" for name in runs if getattr(args, name)]
+    if args.model:
+        if given:
+            raise ConfigError(f"--model replaces {' and '.join(given)}: give one or the other")
+        from mmldm.model_folder import read_model_folder
+
+        parts = read_model_folder(args.model)
+        for name in runs:
+            setattr(args, name, str(getattr(parts, name)))
+    elif required and len(given) < len(runs):
+        raise ConfigError("give --model MODEL, or " + " and ".join(f"--{n} RUN" for n in runs))
 
 
 def _decoder_options(p: argparse.ArgumentParser) -> None:
@@ -315,6 +341,7 @@ def cmd_distill_decoder(args: argparse.Namespace) -> int:
     if not args.resume and not args.out:
         raise ConfigError("give --out RUN for a new run or --resume RUN")
     run = Path(args.resume or args.out)
+    resolve_model(args, required=False)  # a resumed run may name its own
     autoencoder, data, cache = args.autoencoder, args.data, args.cache
     stored = run / "data.json"
     if args.resume and stored.is_file():
@@ -322,7 +349,7 @@ def cmd_distill_decoder(args: argparse.Namespace) -> int:
         autoencoder = autoencoder or saved["autoencoder"]
         data, cache = data or saved["data"], cache or saved.get("cache")
     if not autoencoder or not data:
-        raise ConfigError("--autoencoder and --data are required")
+        raise ConfigError("--autoencoder (or --model) and --data are required")
     path = distill_decoder(
         autoencoder,
         data,
@@ -350,6 +377,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from mmldm.data.dataset import decode_span
     from mmldm.data.media import write_video
 
+    resolve_model(args)
     device = torch.device(args.device)
     codec = Codec.load(
         args.autoencoder,
@@ -390,6 +418,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def cmd_cache_latents(args: argparse.Namespace) -> int:
     from mmldm.data.cache_latents import cache_latents
 
+    resolve_model(args)
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = args.device
@@ -431,23 +460,30 @@ def _load_pipeline(args: argparse.Namespace) -> MMLDMPipeline:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     return MMLDMPipeline.from_pretrained(
         args.generator,
-        args.autoencoder,
+        autoencoder=args.autoencoder,
         device=args.device,
-        dtype=dtype[args.dtype],
+        torch_dtype=dtype[args.dtype],
         vocoder=args.vocoder,
         decoder=args.decoder,
         vae_decoder=args.vae_decoder,
     )
 
 
-# the options of `mmldm sample` that MMLDMPipeline.generate takes under the same names, the
-# same for every batch
-_GENERATE_ARGS = ("clips", "steps", "sampler", "guidance_audio", "guidance_video", "decoder_steps")
+# the options of `mmldm sample` -> the pipeline's arguments, the same for every batch
+_GENERATE_ARGS = {
+    "clips": "clips",
+    "steps": "num_inference_steps",
+    "sampler": "sampler",
+    "guidance_audio": "guidance_scale_audio",
+    "guidance_video": "guidance_scale_video",
+    "decoder_steps": "decoder_inference_steps",
+}
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from mmldm.batch import ConditionError, find_conditions, sample_batch
 
+    resolve_model(args)
     kind = TASKS[args.task].given  # the modality of the given clip, if the task takes one
     if kind and not getattr(args, kind):
         raise SystemExit(f"mmldm sample: --task {args.task} needs --{kind} FILE|FOLDER|MANIFEST")
@@ -467,8 +503,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         labels=args.label,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
-        info={"generator": args.generator, "autoencoder": args.autoencoder},
-        **{name: getattr(args, name) for name in _GENERATE_ARGS},
+        info={"model": args.model, "generator": args.generator, "autoencoder": args.autoencoder},
+        **{name: getattr(args, option) for option, name in _GENERATE_ARGS.items()},
     )
     log.info(
         "%s: %d %s samples (%d kept from an earlier run)",
@@ -484,6 +520,44 @@ def cmd_sample(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# export, app
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mmldm.export import export_model
+
+    try:
+        export_model(
+            args.generator,
+            args.autoencoder,
+            args.out,
+            vocoder=args.vocoder,
+            decoder=args.decoder,
+            vae_decoder=args.vae_decoder,
+            scores=args.scores,
+            use_ema=not args.no_ema,
+            overwrite=args.overwrite,
+        )
+    except (FileExistsError, ValueError) as err:
+        print(f"mmldm export: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    resolve_model(args)
+    try:
+        from mmldm.app import serve
+    except ImportError as err:
+        print(f"mmldm app: needs Gradio ({err}): pip install 'mmldm[app]'", file=sys.stderr)
+        return 1
+    pipe = _load_pipeline(args)
+    serve(pipe, host=args.host, port=args.port, outputs=args.outputs)
     return 0
 
 
@@ -583,7 +657,7 @@ def _preprocess_options(p: argparse.ArgumentParser) -> None:
 
 
 def _reconstruct_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--autoencoder", required=True, help="autoencoder run or checkpoint")
+    _model_options(p, False, "autoencoder run or checkpoint")
     _decoder_options(p)
     p.add_argument("--steps", dest="decoder_steps", type=int, help="same as --decoder-steps")
     p.add_argument("--input", required=True, help="a video file with sound")
@@ -598,7 +672,7 @@ def _reconstruct_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cache_latents_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--autoencoder", required=True, help="autoencoder run or checkpoint")
+    _model_options(p, False, "autoencoder run or checkpoint")
     p.add_argument("--data", required=True, help="data folder or manifest")
     p.add_argument("--out", required=True, help="latent cache folder (resumable)")
     p.add_argument("--cache", help="decode cache folder (see mmldm preprocess)")
@@ -617,8 +691,7 @@ def _train_generator_options(p: argparse.ArgumentParser) -> None:
 
 
 def _sample_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--generator", required=True, help="generator run or checkpoint")
-    p.add_argument("--autoencoder", required=True, help="the autoencoder it was trained on")
+    _model_options(p, True, "the autoencoder the generator was trained on")
     _decoder_options(p)
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument(
@@ -658,6 +731,37 @@ def _sample_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocoder", help="HiFi-GAN folder (default vocoder.path)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    _common(p)
+
+
+def _export_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--generator", required=True, help="generator run or checkpoint")
+    p.add_argument("--autoencoder", required=True, help="the autoencoder it was trained on")
+    p.add_argument(
+        "--vocoder",
+        help="HiFi-GAN folder to ship (default the autoencoder's vocoder.path; none: the model "
+        "decodes audio with Griffin-Lim)",
+    )
+    p.add_argument("--decoder", help="a distilled signal decoder to ship and decode with")
+    p.add_argument("--vae-decoder", help="a tiny VAE decoder to ship and decode with")
+    p.add_argument("--scores", help="an `mmldm evaluate --out` report, for the model card")
+    p.add_argument(
+        "--no-ema", action="store_true", help="the generator's raw weights instead of its EMA"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--out", required=True, help="the model folder to write")
+    _common(p)
+
+
+def _app_options(p: argparse.ArgumentParser) -> None:
+    _model_options(p, True, "the autoencoder the generator was trained on")
+    p.add_argument("--vocoder", help="HiFi-GAN folder (default: the model's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default local)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--outputs", help="folder for the generated mp4s (default: a temporary one)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(decoder=None, vae_decoder=None)  # the model's own (_load_pipeline)
     _common(p)
 
 
@@ -797,6 +901,21 @@ _COMMANDS: tuple[_Command, ...] = (
         "--out out/a2v   # one output per clip, models loaded once",
         cmd_sample,
         _sample_options,
+    ),
+    _Command(
+        "export",
+        "one self-contained model folder (diffusers layout, model card) from the training runs",
+        "mmldm export --generator runs/gen --autoencoder runs/ae --vocoder weights/hifigan "
+        "--out models/landscape\n  mmldm sample --model models/landscape --task svg --out out/",
+        cmd_export,
+        _export_options,
+    ),
+    _Command(
+        "app",
+        "a local web page (Gradio) to try a model: pick a task, upload a clip, play the result",
+        "pip install 'mmldm[app]'; mmldm app --model models/landscape   # http://127.0.0.1:7860",
+        cmd_app,
+        _app_options,
     ),
     _Command(
         "demo",

@@ -27,6 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from mmldm.audio.mel import audio_image, audio_image_to_mel
 from mmldm.audio.vocoder import Vocoder, load_vocoder_from_config
 from mmldm.checkpoint import (
+    check_made_from,
     checkpoint_fingerprint,
     load_checkpoint,
     read_metadata,
@@ -42,6 +43,7 @@ from mmldm.diffusion.sampling import (
     sample_loop,
 )
 from mmldm.diffusion.schedule import alphas_cumprod, make_sampler
+from mmldm.model_folder import containing_model
 from mmldm.models.autoencoder import MultiModalAutoencoder, MultiModalAutoencoderConfig
 from mmldm.models.signal_decoder import DecoderCondition, SignalDecoder, SignalDecoderConfig
 from mmldm.models.vae import TinyVAEDecoder, encode
@@ -355,19 +357,12 @@ def with_decoder_sampling(
     return dataclasses.replace(cfg, sample=sample)
 
 
-def _distilled_checkpoint(path: str | Path, autoencoder: str | Path, found: str | None = None):
+def distilled_checkpoint(path: str | Path, autoencoder: str | Path, found: str | None = None):
     """A ``distill`` checkpoint, refused unless distilled from ``autoencoder`` (whose
     fingerprint is ``found`` when already known): a distilled decoder reads the latents of that
     autoencoder's encoders and VAE."""
     ckpt = load_checkpoint(path, kind="distill")
-    expected = ckpt.metadata.get("mmldm.autoencoder_fingerprint")
-    found = found or checkpoint_fingerprint(autoencoder)
-    if expected != found:
-        raise CheckpointError(
-            f"{ckpt.path} was distilled from the decoder of "
-            f"{ckpt.metadata.get('mmldm.autoencoder')} (fingerprint {expected}), not of "
-            f"{autoencoder} ({found})"
-        )
+    check_made_from(ckpt, autoencoder, found, made="distilled")
     return ckpt
 
 
@@ -381,7 +376,7 @@ def load_vae_decoder(
     """A tiny VAE decoder (``mmldm distill-vae``) of ``autoencoder``'s VAE (whose fingerprint
     is ``fingerprint`` when already known), to decode latents with in place of the KL-VAE's
     decoder (``Codec.vae_decoder``)."""
-    ckpt = _distilled_checkpoint(path, autoencoder, fingerprint)
+    ckpt = distilled_checkpoint(path, autoencoder, fingerprint)
     tiny = TinyVAEDecoder(**tiny_vae_decoder_config(ckpt.config))
     load_weights(tiny, ckpt.state_dict("vae_decoder"), source=str(ckpt.path))
     log.info("VAE decoder %s (step %d)", ckpt.path, ckpt.step)
@@ -530,9 +525,10 @@ class Codec:
         dtype: torch.dtype = torch.float32,
         decoder: str | Path | None = None,
         vae_decoder: str | Path | None = None,
-        vocoder: str | None = None,
+        vocoder: str | Path | None = None,
     ) -> Codec:
-        """The codec of an autoencoder run, checkpoint folder or weights file.
+        """The codec of an autoencoder run, checkpoint folder or weights file, or of a model
+        folder (``mmldm export``; its vocoder and distilled decoders too, unless given).
 
         Args:
             decoder: a distilled signal decoder of this autoencoder (``mmldm distill-decoder``
@@ -542,16 +538,25 @@ class Codec:
             vocoder: a HiFi-GAN folder instead of ``vocoder.path`` (loaded now; without it the
                 vocoder is loaded when first needed).
         """
+        parts = containing_model(path)
+        if parts is not None:  # its autoencoder, with its vocoder and distilled parts
+            path, vocoder = parts.autoencoder, vocoder or parts.vocoder
+            decoder, vae_decoder = decoder or parts.decoder, vae_decoder or parts.vae_decoder
         ckpt = load_checkpoint(path, kind="autoencoder")
         cfg = ckpt.config
         model = MultiModalAutoencoder(autoencoder_config(cfg))
         load_weights(model, ckpt.state_dict("autoencoder"), source=str(ckpt.path))
-        vae = build_vae(cfg.vae)
-        load_weights(vae, ckpt.state_dict("vae"), source=str(ckpt.path))
+        if "vae" in ckpt.modules:  # a training checkpoint holds its VAE
+            vae = build_vae(cfg.vae)
+            load_weights(vae, ckpt.state_dict("vae"), source=str(ckpt.path))
+        elif parts is not None:  # a model folder's autoencoder: a diffusers VAE folder beside it
+            vae = load_vae(dataclasses.replace(cfg.vae, pretrained=str(parts.vae)))
+        else:
+            raise CheckpointError(f"{ckpt.path}: an autoencoder checkpoint without its VAE")
         # the distilled parts must come from this autoencoder: its fingerprint, read once
         fingerprint = checkpoint_fingerprint(path) if decoder or vae_decoder else None
         if decoder is not None:
-            distilled = _distilled_checkpoint(decoder, path, fingerprint)
+            distilled = distilled_checkpoint(decoder, path, fingerprint)
             load_weights(model.decoder, distilled.state_dict("decoder"), source=str(decoder))
             own = distilled.config.sample
             log.info(
@@ -577,7 +582,7 @@ class Codec:
             tiny = load_vae_decoder(vae_decoder, path, device, dtype, fingerprint)
         codec = cls(cfg, model, vae, tiny)
         if vocoder:
-            codec.vocoder = codec.load_vocoder(vocoder)
+            codec.vocoder = codec.load_vocoder(str(vocoder))
         return codec
 
     def load_vocoder(self, path: str | None = None) -> Vocoder:

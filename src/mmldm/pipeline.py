@@ -1,36 +1,59 @@
-"""The MM-LDM pipeline: generator (DiT) + autoencoder + VAE + vocoder, every generation task.
+"""The MM-LDM pipeline: generator (DiT) + autoencoder + VAE + vocoder, every generation task,
+in diffusers' calling conventions.
 
-    pipe = MMLDMPipeline.from_pretrained("runs/generator", "runs/autoencoder", device="cuda")
-    out = pipe.generate("svg", num=4, seed=0)        # frames [4, F, 3, S, S] in [-1, 1], wave
-    pipe.save(out, "samples/")                       # one mp4 per sample, a contact sheet, JSON
+    pipe = MMLDMPipeline.from_pretrained("models/landscape").to("cuda", torch.bfloat16)
+    g = torch.Generator("cuda").manual_seed(0)
+    out = pipe("svg", num_samples=4, num_inference_steps=50, generator=g)
+    out.frames, out.audio, out.fps, out.sample_rate  # [4, F, 3, S, S] in [0, 1], [4, L] in [-1, 1]
+    pipe.save(out, "samples/")                       # one mp4 per sample, a contact sheet
 
-Tasks: ``svg`` (sounding video), ``a2v`` / ``v2a`` (the other modality from a given audio / video,
-guidance of the paper's eq. 9), ``audio`` / ``video`` (one modality of a joint sample), ``long``
-(K clips, each conditioned on the previous one), ``audio-continuation`` / ``video-continuation``
-(a given clip continued by K - 1 clips).
+A model folder is what ``mmldm export`` writes (:mod:`mmldm.model_folder`); training runs load
+with ``from_pretrained(generator_run, autoencoder=autoencoder_run)``.
+
+Tasks (:data:`mmldm.tasks.TASKS`): ``svg`` (sounding video), ``a2v`` / ``v2a`` (the other modality
+from a given audio / video, guidance of the paper's eq. 9), ``audio`` / ``video`` (one modality of
+a joint sample), ``long`` (K clips, each conditioned on the previous one), ``audio-continuation``
+/ ``video-continuation`` (a given clip continued by K - 1 clips).
+
+Why not ``diffusers.DiffusionPipeline`` / ``ModelMixin`` / ``ConfigMixin``: their loader builds
+each component from a flat keyword-argument ``config.json`` and ignores unknown keys with a
+warning, while every mmldm network takes one typed dataclass config that is checked key by key
+and stored whole in its checkpoint; and the pipeline's state is more than modules (the latent
+statistics, a vocoder that may be Griffin-Lim with no weights, the data and sampling settings,
+the fingerprint that ties a generator to its autoencoder). What fits is used as it is: the VAE
+of a model folder is a diffusers ``AutoencoderKL`` folder, the output is a diffusers
+``BaseOutput``, generators follow diffusers' ``randn_tensor`` convention, samplers are diffusers
+schedulers, and the folder's layout (``model_index.json``, one subfolder per component) is
+diffusers'.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mmldm.audio.mel import audio_image
-from mmldm.checkpoint import checkpoint_fingerprint, load_checkpoint
+from mmldm.checkpoint import check_made_from, load_checkpoint
 from mmldm.codec import Codec, DecodedClips
 from mmldm.config import Config
 from mmldm.data.latents import LatentStats
 from mmldm.diffusion.sampling import Generators
-from mmldm.generation import Generation, save_generation
+from mmldm.generation import MMLDMPipelineOutput, save_generation
+from mmldm.model_folder import read_model_folder
 from mmldm.models.dit import MultiModalDiT
 from mmldm.networks import dit_config
 from mmldm.sampling import sample_latents
 from mmldm.tasks import Task, task_spec
-from mmldm.weights import CheckpointError, load_weights
+from mmldm.weights import load_weights
 
 log = logging.getLogger(__name__)
+
+# diffusers' per-step callback: (pipe, step index, timestep, {"latents": x, "clip": k}) -> dict;
+# a "latents" entry in the returned dict replaces x.
+StepEndCallback = Any
 
 
 class MMLDMPipeline:
@@ -44,31 +67,36 @@ class MMLDMPipeline:
     @classmethod
     def from_pretrained(
         cls,
-        generator: str | Path,
-        autoencoder: str | Path,
+        pretrained: str | Path,
         *,
+        autoencoder: str | Path | None = None,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
-        vocoder: str | None = None,
+        torch_dtype: torch.dtype = torch.float32,
+        vocoder: str | Path | None = None,
         decoder: str | Path | None = None,
         vae_decoder: str | Path | None = None,
         use_ema: bool = True,
         allow_foreign_autoencoder: bool = False,
     ) -> MMLDMPipeline:
-        """Load a generator run / checkpoint and the autoencoder it was trained on; with
-        ``decoder``, a distilled decoder of that autoencoder (``mmldm distill-decoder``) decodes
-        instead of its own; with ``vae_decoder``, a tiny VAE decoder (``mmldm distill-vae``)
-        replaces the KL-VAE's decoder (its encoder still encodes a2v / v2a conditions)."""
+        """Load a model folder (``mmldm export``), or a generator run / checkpoint and, with
+        ``autoencoder``, the autoencoder it was trained on.
+
+        Args:
+            vocoder: a HiFi-GAN folder (default: the model folder's ``vocoder/``, else the
+                config's ``vocoder.path``, else Griffin-Lim).
+            decoder: a distilled decoder of that autoencoder (``mmldm distill-decoder``) to
+                decode with instead of its own (a model folder's ``decoder/`` by default).
+            vae_decoder: a tiny VAE decoder (``mmldm distill-vae``) in place of the KL-VAE's
+                decoder (its encoder still encodes a2v / v2a conditions).
+        """
+        generator = pretrained
+        if autoencoder is None:  # a model folder (its vocoder and decoders: Codec.load)
+            parts = read_model_folder(pretrained)
+            generator, autoencoder = parts.generator, parts.autoencoder
         ckpt = load_checkpoint(generator, kind="generator")
         cfg = ckpt.config
-        expected = ckpt.metadata.get("mmldm.autoencoder_fingerprint")
-        found = checkpoint_fingerprint(autoencoder)
-        if expected and expected != found and not allow_foreign_autoencoder:
-            raise CheckpointError(
-                f"{ckpt.path} was trained on the latents of "
-                f"{ckpt.metadata.get('mmldm.autoencoder')} (fingerprint {expected}), not on "
-                f"{autoencoder} ({found})"
-            )
+        if not allow_foreign_autoencoder:
+            check_made_from(ckpt, autoencoder)
         dit = MultiModalDiT(dit_config(cfg))
         name = "ema" if use_ema and "ema" in ckpt.modules else "dit"
         load_weights(dit, ckpt.state_dict(name), source=f"{ckpt.path} [{name}]")
@@ -76,15 +104,13 @@ class MMLDMPipeline:
         codec = Codec.load(
             autoencoder,
             device=device,
-            dtype=dtype,
+            dtype=torch_dtype,
             decoder=decoder,
             vae_decoder=vae_decoder,
-            vocoder=vocoder,
+            vocoder=None if vocoder is None else str(vocoder),
         )
         codec.get_vocoder()  # now: a wrong vocoder fails here, not after sampling
-        dit.to(device).eval().requires_grad_(False)
-        if dtype != torch.float32:
-            dit.to(dtype)
+        dit.to(device, torch_dtype).eval().requires_grad_(False)
         log.info(
             "generator %s (step %d, %s weights), autoencoder %s",
             ckpt.path,
@@ -93,6 +119,24 @@ class MMLDMPipeline:
             autoencoder,
         )
         return cls(dit, stats, codec, cfg)
+
+    def to(
+        self,
+        device: str | torch.device | torch.dtype | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> MMLDMPipeline:
+        """Move every network to ``device`` and / or cast it to ``dtype`` (``pipe.to("cuda")``,
+        ``pipe.to(torch.bfloat16)``, ``pipe.to("cuda", torch.bfloat16)``); the vocoder moves
+        but stays float32. Returns self."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        codec = self.codec
+        for module in (self.dit, codec.autoencoder, codec.vae, codec.vae_decoder):
+            if module is not None:  # nn.Module's own: diffusers' warns of fp32 modules it lacks
+                torch.nn.Module.to(module, device=device, dtype=dtype)
+        if device is not None and codec.vocoder is not None:
+            codec.vocoder.to(device)
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -134,42 +178,59 @@ class MMLDMPipeline:
     # -- tasks ---------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(
+    def __call__(
         self,
-        task: str,
-        num: int = 1,
+        task: str = "svg",
+        num_samples: int = 1,
         *,
-        seed: int = 0,
-        generator: Generators = None,
         audio: torch.Tensor | None = None,
         video: torch.Tensor | None = None,
+        num_inference_steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale_audio: float | None = None,
+        guidance_scale_video: float | None = None,
+        decoder_inference_steps: int | None = None,
+        generator: Generators = None,
+        seed: int = 0,
         clips: int | None = None,
         labels: list[int] | None = None,
-        steps: int | None = None,
-        sampler: str | None = None,
-        guidance_audio: float | None = None,
-        guidance_video: float | None = None,
-        decoder_steps: int | None = None,
-    ) -> Generation:
-        """Generate ``num`` samples of ``task`` (:data:`TASKS`).
+        output_type: str = "pt",
+        return_dict: bool = True,
+        callback_on_step_end: StepEndCallback | None = None,
+    ) -> MMLDMPipelineOutput | tuple:
+        """Generate ``num_samples`` samples of ``task`` (:data:`mmldm.tasks.TASKS`).
 
         Args:
-            seed: seeds one generator for the batch, unless ``generator`` is given.
-            generator: a ``torch.Generator`` for the batch, or a list of ``num``: sample i's
-                noise then comes from generator i alone, whatever batch it is drawn in.
-            audio: ``[N]`` or ``[num, N]`` waveform at data.sample_rate (a2v, audio-continuation).
-            video: ``[F, 3, S, S]`` or ``[num, F, 3, S, S]`` in [-1, 1] (v2a, video-continuation).
+            audio: ``[N]`` or ``[num_samples, N]`` waveform at data.sample_rate (a2v,
+                audio-continuation).
+            video: ``[F, 3, S, S]`` or ``[num_samples, F, 3, S, S]`` in [-1, 1] (v2a,
+                video-continuation).
+            num_inference_steps: DiT sampling steps (default sample.steps).
+            sampler: "ddim" or "dpm" (default sample.sampler).
+            guidance_scale_audio, guidance_scale_video: classifier-free guidance per modality
+                (eq. 9; default sample.guidance_*), used when something is given.
+            decoder_inference_steps: signal decoder steps (default sample.decoder_steps; a
+                distilled decoder's K).
+            generator: a ``torch.Generator`` for the batch, or a list of ``num_samples``:
+                sample i's noise then comes from generator i alone, whatever batch it is in.
+            seed: seeds one generator for the batch when ``generator`` is None.
             clips: clips of a long / continued output (default sample.long_clips).
-            labels: classes to generate (class-conditional generators only).
-            decoder_steps: signal decoder steps (default sample.decoder_steps; a distilled
-                decoder's K).
+            labels: classes to generate, one for all or one per sample (class-conditional
+                generators only).
+            output_type: "pt" (tensors) or "np" (arrays), see :class:`MMLDMPipelineOutput`.
+            return_dict: False returns the tuple ``(frames, audio)``.
+            callback_on_step_end: called after every DiT step as ``callback(pipe, step,
+                timestep, {"latents": x, "clip": k})`` with x the packed normalised latents
+                ``[N, |z_a| + |z_v|]`` (:func:`mmldm.sampling.unpack`) and k the clip; a
+                "latents" entry in the dict it returns replaces x.
         """
+        num = num_samples
         spec = task_spec(task)
         g = torch.Generator(self.device).manual_seed(seed) if generator is None else generator
         if isinstance(g, list) and len(g) != num:
             raise ValueError(f"{len(g)} generators for {num} samples")
-        kw = dict(steps=steps, sampler=sampler, generator=g)
-        kw.update(guidance_audio=guidance_audio, guidance_video=guidance_video)
+        kw = dict(steps=num_inference_steps, sampler=sampler, generator=g)
+        kw.update(guidance_audio=guidance_scale_audio, guidance_video=guidance_scale_video)
         y = self._labels(labels, num)
         given = self._given(task, spec, num, audio, video)  # the given clip's signals
         z_given = self.encode(**given)  # and its normalised latents (None: not given)
@@ -181,16 +242,43 @@ class MMLDMPipeline:
                 tracks.append(self._tracks(spec, given, None))
             else:  # a2v / v2a condition on the given clip, continuations on the previous one
                 cond = {} if spec.continued else {"cond_a": z_given[0], "cond_v": z_given[1]}
-                z_a, z_v = self.sample_latents(num, **cond, **prev, labels=y, **kw)
-                out = self.decode(z_a, z_v, generator=g, steps=decoder_steps)
+                step_end = self._step_callback(callback_on_step_end, i)
+                z_a, z_v = self.sample_latents(
+                    num, **cond, **prev, labels=y, callback=step_end, **kw
+                )
+                out = self.decode(z_a, z_v, generator=g, steps=decoder_inference_steps)
                 tracks.append(self._tracks(spec, given, out))
             # the next clip follows this one in the modalities the task generates
             prev = {"prev_a": None if spec.given == "video" else z_a}
             prev["prev_v"] = None if spec.given == "audio" else z_v
         frames, wave = (torch.cat(track, 1) for track in zip(*tracks, strict=True))
-        info = {**kw, "decoder_steps": decoder_steps}
         seeds = [x.initial_seed() for x in g] if isinstance(g, list) else [g.initial_seed()] * num
-        return self._result(task, frames, wave, seeds, info, spec.audio != "silent", y)
+        result = MMLDMPipelineOutput.from_signals(
+            frames,
+            wave,
+            output_type=output_type,
+            sample_rate=self.cfg.data.sample_rate,
+            fps=self.cfg.data.fps,
+            task=task,
+            seeds=seeds,
+            settings=self._settings(kw, decoder_inference_steps),
+            has_audio=spec.audio != "silent",
+            labels=None if y is None else y.tolist(),
+        )
+        return result if return_dict else (result.frames, result.audio)
+
+    generate = __call__  # the same call under a name that reads well in scripts
+
+    def _step_callback(self, callback: StepEndCallback | None, clip: int):
+        """diffusers' ``callback_on_step_end`` as the sampling loop's per-step callback."""
+        if callback is None:
+            return None
+
+        def step_end(i: int, t: int, x: torch.Tensor) -> torch.Tensor | None:
+            out = callback(self, i, t, {"latents": x, "clip": clip})
+            return (out or {}).get("latents")
+
+        return step_end
 
     def _labels(self, labels: list[int] | None, num: int) -> torch.Tensor | None:
         """Classes ``[num]`` (one class for all, or one per sample), or None."""
@@ -251,26 +339,22 @@ class MMLDMPipeline:
         }[spec.audio]
         return video.float(), audio.float()
 
-    def _result(self, task, frames, wave, seeds, kw, has_audio, labels) -> Generation:
-        settings = {k: v for k, v in kw.items() if k != "generator"}
+    def _settings(self, kw: dict, decoder_steps: int | None) -> dict:
+        """The sampling settings of a call, defaults resolved, for the output's record."""
         dec = self.codec.cfg.sample  # the decoder's settings (a distilled one's if loaded)
-        settings.update(
-            steps=settings["steps"] or self.cfg.sample.steps,
-            sampler=settings["sampler"] or self.cfg.sample.sampler,
-            decoder_sampler=dec.decoder_sampler,
-            decoder_steps=settings.get("decoder_steps") or dec.decoder_steps,
-        )
-        return Generation(
-            task=task,
-            frames=frames.float().clamp(-1, 1),
-            wave=wave.float().clamp(-1, 1),
-            fps=self.cfg.data.fps,
-            sample_rate=self.cfg.data.sample_rate,
-            seeds=seeds,
-            settings=settings,
-            has_audio=has_audio,
-            labels=None if labels is None else labels.tolist(),
-        )
+        sc = self.cfg.sample
+        return {
+            "steps": kw["steps"] or sc.steps,
+            "sampler": kw["sampler"] or sc.sampler,
+            "guidance_audio": sc.guidance_audio
+            if kw["guidance_audio"] is None
+            else kw["guidance_audio"],
+            "guidance_video": sc.guidance_video
+            if kw["guidance_video"] is None
+            else kw["guidance_video"],
+            "decoder_sampler": dec.decoder_sampler,
+            "decoder_steps": decoder_steps or dec.decoder_steps,
+        }
 
     # -- saving --------------------------------------------------------------------------------
 

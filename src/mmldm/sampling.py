@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from mmldm.diffusion.sampling import Generators, ModelFn, guide, sample_loop
+from mmldm.diffusion.sampling import Generators, ModelFn, StepCallback, guide, sample_loop
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod, make_sampler
 from mmldm.models.dit import DiTInputs, MultiModalDiT
 
@@ -119,9 +119,11 @@ def sample_latents(
     guidance_audio: float | None = None,
     guidance_video: float | None = None,
     generator: Generators = None,
+    callback: StepCallback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised (z_a, z_v) ``[num, C, h, w]`` from the DiT, on its device and dtype;
-    ``generator``: one for the batch or a list of ``num``, one per sample.
+    ``generator``: one for the batch or a list of ``num``, one per sample; ``callback``: see
+    :func:`~mmldm.diffusion.sampling.sample_loop` (its x is the packed state, :func:`unpack`).
 
     A given ``cond_a`` (a2v) / ``cond_v`` (v2a) is the clean latent of that modality,
     returned as it is; ``prev_a`` / ``prev_v`` are the previous clip's latents (long,
@@ -139,7 +141,13 @@ def sample_latents(
     model_fn = prepare(dit, cfg, given, scales, fixed_noise)  # 2. prepare
     scheduler = make_sampler(cfg.diffusion, sampler or sc.sampler)
     x_0 = sample_loop(  # 3. denoise
-        model_fn, x_T, scheduler, steps or sc.steps, eta=sc.eta, generator=generator
+        model_fn,
+        x_T,
+        scheduler,
+        steps or sc.steps,
+        eta=sc.eta,
+        generator=generator,
+        callback=callback,
     )
     z_a, z_v = unpack(cfg, x_0)  # 4. unpack
     return (z_a if cond_a is None else cond_a), (z_v if cond_v is None else cond_v)

@@ -22,6 +22,8 @@ from mmldm.diffusion.schedule import predict_x0
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # random draws: none given, one generator for a batch, or one per row (diffusers' convention)
 Generators = torch.Generator | list[torch.Generator] | None
+# (step index, timestep, x after the step) -> None, or a tensor that replaces x
+StepCallback = Callable[[int, int, torch.Tensor], torch.Tensor | None]
 
 
 def guided(cond: torch.Tensor, null: torch.Tensor, scale: float) -> torch.Tensor:
@@ -82,6 +84,7 @@ def sample_loop(
     eta: float = 0.0,
     generator: Generators = None,
     desc: str | None = None,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Run ``steps`` denoising steps from pure noise ``x_T`` and return x_0 (``generator``: for
     DDIM's noise with eta > 0; a list holds one generator per row of ``x_T``).
@@ -89,6 +92,8 @@ def sample_loop(
     Args:
         model_fn: ``(x_t [N, ...], t [N] long) -> prediction [N, ...]`` (eps or v).
         eta: DDIM stochasticity (0: deterministic, the paper's setting); ignored by DPM-Solver.
+        callback: ``(step index, timestep, x_{t-1}) -> None or a replacement x_{t-1}``, after
+            every step.
     """
     scheduler.set_timesteps(steps, device=x_T.device)
     x = x_T * scheduler.init_noise_sigma
@@ -96,10 +101,13 @@ def sample_loop(
     timesteps = scheduler.timesteps
     if desc:
         timesteps = progress(timesteps, desc=desc, leave=False)
-    for t in timesteps:
+    for i, t in enumerate(timesteps):
         t_batch = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
         out = model_fn(scheduler.scale_model_input(x, t), t_batch)
         x = scheduler.step(out, t, x, **kwargs).prev_sample
+        if callback is not None:
+            replaced = callback(i, int(t), x)
+            x = x if replaced is None else replaced
     return x
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from mmldm.config import Config, load_config
-from mmldm.generation import Generation
+from mmldm.generation import MMLDMPipelineOutput
 
 log = logging.getLogger(__name__)
 
@@ -263,15 +263,15 @@ def make_samples(
 
 def reconstruct(pipe, video: torch.Tensor, audio: torch.Tensor):
     """The autoencoder's round trip of clips (``[B, F, 3, S, S]``, ``[B, N]``), with the
-    decoder settings of sampling, as a Generation of task "reconstruction"."""
+    decoder settings of sampling, as the output of a task "reconstruction"."""
     codec = pipe.codec
     cfg = codec.cfg
     z_a, z_v = codec.encode(video, audio)
     out = codec.decode(z_a, z_v, generator=torch.Generator().manual_seed(0))
-    return Generation(
+    return MMLDMPipelineOutput.from_signals(
+        out.frames,
+        out.wave,
         task="reconstruction",
-        frames=out.frames,
-        wave=out.wave,
         fps=cfg.data.fps,
         sample_rate=cfg.data.sample_rate,
         seeds=[0] * len(video),

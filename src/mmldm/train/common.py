@@ -197,6 +197,19 @@ def start_clip_stage(cfg: Config, stage: str, data, cache_dir) -> tuple[Accelera
     return accelerator, training_dataset(data, cfg, cache_dir, accelerator)
 
 
+def data_metadata(dataset: Dataset) -> dict[str, str]:
+    """Where a stage's training clips came from (a clip dataset, or a latent cache that names
+    the clips it encoded), kept in its checkpoints for the model card of ``mmldm export``."""
+    meta = getattr(dataset, "meta", {})
+    source = meta.get("source", getattr(dataset, "source", None))
+    classes = meta.get("classes", getattr(dataset, "classes", []))
+    return {
+        "mmldm.data": str(source),
+        "mmldm.data_clips": str(len(dataset)),  # type: ignore[arg-type]
+        "mmldm.data_classes": json.dumps([str(c) for c in classes]),
+    }
+
+
 class TrainingLoop:
     """The loop every stage shares: resume, data order, learning rate, progress, logging and
     checkpoints. A stage writes only its forward pass::
@@ -232,7 +245,7 @@ class TrainingLoop:
         self.accelerator, self.cfg, self.kind, self.run = accelerator, cfg, stage, run
         self.settings = getattr(cfg.train, stage)
         self.modules, self.optimizers = modules, optimizers
-        self.extra_metadata = extra_metadata
+        self.extra_metadata = {**data_metadata(dataset), **(extra_metadata or {})}
         self.total = max_steps or self.settings.max_steps
         trainable = {k: m for k, m in modules.items() if isinstance(m, nn.Module)}
         self.step = resume_training(accelerator, run, stage, trainable, optimizers) if resume else 0
@@ -303,7 +316,7 @@ class TrainingLoop:
             for k, m in self.modules.items()
             if isinstance(m, nn.Module)
         }
-        metadata = {"mmldm.parameters": json.dumps(counts), **(self.extra_metadata or {})}
+        metadata = {"mmldm.parameters": json.dumps(counts), **self.extra_metadata}
         path = None
         if accelerator.is_main_process:
             path = save_checkpoint(

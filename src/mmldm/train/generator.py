@@ -23,7 +23,7 @@ from torch import nn
 from mmldm.config import Config
 from mmldm.data.latents import LatentCacheError, LatentDataset
 from mmldm.diffusion.schedule import add_noise, alphas_cumprod, training_target
-from mmldm.generation import Generation, save_generation
+from mmldm.generation import MMLDMPipelineOutput, save_generation
 from mmldm.models.dit import DiTInputs, MultiModalDiT
 from mmldm.networks import dit_config
 from mmldm.sampling import sample_latents
@@ -207,8 +207,9 @@ class TrainingSamples:
         z_a, z_v = sample_latents(dit, self.cfg, self.num, generator=g)
         out = self.codec.decode(*self.dataset.stats.denormalize(z_a, z_v), generator=g)
         data = self.cfg.data
-        frames, wave = out.frames.float().clamp(-1, 1), out.wave.float().clamp(-1, 1)
-        svg = Generation("svg", frames, wave, data.fps, data.sample_rate, [0] * self.num)
+        svg = MMLDMPipelineOutput.from_signals(
+            out.frames, out.wave, sample_rate=data.sample_rate, fps=data.fps, seeds=[0] * self.num
+        )
         save_generation(svg, folder)
         dit.train(was_training)
         log.info("wrote generator samples to %s", folder)
