@@ -397,7 +397,7 @@ def demo_vocoder(results: list[Result], kind: str, repeats: int) -> None:
     steps = f"{sc.steps} {sc.sampler.upper()} + {sc.decoder_steps} decoder steps"
 
     def generate() -> None:
-        pipe.generate("svg", num=1, seed=0)
+        pipe("svg", 1, seed=0)
 
     run_timed(
         results,

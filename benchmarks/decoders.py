@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.manual_seed(0)
     demo = Path(args.demo)
-    load = dict(generator=demo / "generator", autoencoder=demo / "autoencoder")
+    load = dict(pretrained=demo / "generator", autoencoder=demo / "autoencoder")
     results = {}
     if args.teacher:
         pipe = MMLDMPipeline.from_pretrained(**load)  # once: each setting only changes the config

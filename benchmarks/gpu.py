@@ -420,7 +420,7 @@ def time_sampling(bench: Bench, pipe, sampler: str, steps: int, n: int) -> dict[
 
     def generate() -> None:
         with bench.autocast():
-            pipe.generate("svg", num=n, seed=0, steps=steps, sampler=sampler)
+            pipe("svg", n, seed=0, num_inference_steps=steps, sampler=sampler)
 
     def sample() -> None:
         with bench.autocast():
@@ -526,7 +526,7 @@ def max_batch_section(bench: Bench, out: dict[str, Any]) -> None:
 
     def run(n: int) -> None:
         with bench.autocast():
-            pipe.generate("svg", num=n, seed=0, steps=1, sampler="ddim")
+            pipe("svg", n, seed=0, num_inference_steps=1, sampler="ddim")
 
     probes = []
     print(f"  sampling (DiT-{args.sample_size}, {voc_note}):", flush=True)

@@ -225,6 +225,14 @@ def test_distilled_decoders_in_the_pipeline_and_the_cli(trained, tmp_path):
     record = json.loads((tmp_path / "s" / "svg.json").read_text())["samples"][0]
     assert record["settings"]["decoder_steps"] == 1
     assert probe(tmp_path / "s" / record["file"]).has_audio
+    # exported with the model, both decode by default (their fingerprints follow the export)
+    args = ["export", "--generator", str(trained["gen"]), "--autoencoder", str(trained["ae"])]
+    args += ["--decoder", str(dec), "--vae-decoder", str(tiny), "--out", str(tmp_path / "m")]
+    assert main([*args, "-q"]) == 0
+    shipped = MMLDMPipeline.from_pretrained(tmp_path / "m")
+    assert shipped.codec.cfg.sample.decoder_steps == 2 and shipped.codec.vae_decoder is not None
+    again = shipped("svg", 1, seed=0)
+    assert torch.allclose(again.frames, out.frames, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------

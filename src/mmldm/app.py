@@ -12,7 +12,7 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
 
@@ -21,8 +21,10 @@ import torch
 
 from mmldm.batch import Condition, read_condition
 from mmldm.data.media import MediaError, write_video
-from mmldm.pipeline import MMLDMPipeline
 from mmldm.tasks import TASKS
+
+if TYPE_CHECKING:  # the caller loads the pipeline
+    from mmldm.pipeline import MMLDMPipeline
 
 GIVEN_HELP = {
     "audio": "an audio file or a video with sound",

@@ -38,7 +38,8 @@ from safetensors.torch import load_file, save_file
 
 from mmldm import __version__
 from mmldm.config import Config, config_from_dict, config_to_dict
-from mmldm.weights import CheckpointError
+from mmldm.model_folder import WEIGHTS_FILE as COMPONENT_FILE
+from mmldm.weights import CheckpointError, read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = "2"
 WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "training_state.pt"
-COMPONENT_FILE = "model.safetensors"  # the same format in a model folder (mmldm.model_folder)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -315,15 +315,6 @@ def check_made_from(
             f"{expected}), not {autoencoder} ({found})"
         )
     return found
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """Metadata of a safetensors file, without reading its tensors."""
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return dict(fh.metadata() or {})
-    except Exception as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 @dataclass

@@ -27,6 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from mmldm.audio.mel import audio_image, audio_image_to_mel
 from mmldm.audio.vocoder import Vocoder, load_vocoder_from_config
 from mmldm.checkpoint import (
+    Checkpoint,
     check_made_from,
     checkpoint_fingerprint,
     load_checkpoint,
@@ -43,7 +44,7 @@ from mmldm.diffusion.sampling import (
     sample_loop,
 )
 from mmldm.diffusion.schedule import alphas_cumprod, make_sampler
-from mmldm.model_folder import containing_model
+from mmldm.model_folder import ModelParts, containing_model
 from mmldm.models.autoencoder import MultiModalAutoencoder, MultiModalAutoencoderConfig
 from mmldm.models.signal_decoder import DecoderCondition, SignalDecoder, SignalDecoderConfig
 from mmldm.models.vae import TinyVAEDecoder, encode
@@ -366,6 +367,46 @@ def distilled_checkpoint(path: str | Path, autoencoder: str | Path, found: str |
     return ckpt
 
 
+def autoencoder_vae(ckpt: Checkpoint, parts: ModelParts | None) -> AutoencoderKL:
+    """The KL-VAE of an autoencoder checkpoint: its own weights (training checkpoints hold
+    them), or the diffusers VAE folder beside it in its model folder (``parts``)."""
+    if "vae" in ckpt.modules:
+        vae = build_vae(ckpt.config.vae)
+        load_weights(vae, ckpt.state_dict("vae"), source=str(ckpt.path))
+        return vae
+    if parts is None:
+        raise CheckpointError(f"{ckpt.path}: an autoencoder checkpoint without its VAE")
+    return load_vae(dataclasses.replace(ckpt.config.vae, pretrained=str(parts.vae)))
+
+
+def load_distilled_decoder(
+    model: MultiModalAutoencoder,
+    cfg: Config,
+    decoder: str | Path,
+    autoencoder: str | Path,
+    fingerprint: str | None = None,
+) -> Config:
+    """Load a distilled signal decoder of ``autoencoder`` into ``model``; returns ``cfg`` with
+    the distilled decoder's sampling settings (few_step, K steps, no guidance)."""
+    distilled = distilled_checkpoint(decoder, autoencoder, fingerprint)
+    load_weights(model.decoder, distilled.state_dict("decoder"), source=str(decoder))
+    own = distilled.config.sample
+    log.info(
+        "decoder %s (step %d): %s, %d steps",
+        distilled.path,
+        distilled.step,
+        own.decoder_sampler,
+        own.decoder_steps,
+    )
+    return with_decoder_sampling(
+        cfg,
+        own.decoder_sampler,
+        own.decoder_steps,
+        own.decoder_guidance_audio,
+        own.decoder_guidance_video,
+    )
+
+
 def load_vae_decoder(
     path: str | Path,
     autoencoder: str | Path,
@@ -546,33 +587,11 @@ class Codec:
         cfg = ckpt.config
         model = MultiModalAutoencoder(autoencoder_config(cfg))
         load_weights(model, ckpt.state_dict("autoencoder"), source=str(ckpt.path))
-        if "vae" in ckpt.modules:  # a training checkpoint holds its VAE
-            vae = build_vae(cfg.vae)
-            load_weights(vae, ckpt.state_dict("vae"), source=str(ckpt.path))
-        elif parts is not None:  # a model folder's autoencoder: a diffusers VAE folder beside it
-            vae = load_vae(dataclasses.replace(cfg.vae, pretrained=str(parts.vae)))
-        else:
-            raise CheckpointError(f"{ckpt.path}: an autoencoder checkpoint without its VAE")
+        vae = autoencoder_vae(ckpt, parts)
         # the distilled parts must come from this autoencoder: its fingerprint, read once
         fingerprint = checkpoint_fingerprint(path) if decoder or vae_decoder else None
         if decoder is not None:
-            distilled = distilled_checkpoint(decoder, path, fingerprint)
-            load_weights(model.decoder, distilled.state_dict("decoder"), source=str(decoder))
-            own = distilled.config.sample
-            log.info(
-                "decoder %s (step %d): %s, %d steps",
-                distilled.path,
-                distilled.step,
-                own.decoder_sampler,
-                own.decoder_steps,
-            )
-            cfg = with_decoder_sampling(
-                cfg,
-                own.decoder_sampler,
-                own.decoder_steps,
-                own.decoder_guidance_audio,
-                own.decoder_guidance_video,
-            )
+            cfg = load_distilled_decoder(model, cfg, decoder, path, fingerprint)
         for module in (model, vae):
             module.to(device).eval().requires_grad_(False)
             if dtype != torch.float32:

@@ -202,101 +202,118 @@ def _replace(tmp: Path, out: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+_CARD = """\
+---
+library_name: mmldm
+tags: [mmldm, sounding-video-generation, audio-to-video, video-to-audio, latent-diffusion]
+---
+
+# {name}
+
+An MM-LDM sounding video generator (Sun et al., *MM-LDM: Multi-Modal Latent Diffusion Model for
+Sounding Video Generation*, ACM MM 2024): it generates short videos together with their sound,
+and video from audio, audio from video, long videos and continuations. Exported by mmldm
+{version} on {date}.
+
+## Model
+
+| component | what | training steps |
+| --- | --- | --- |
+{components}
+
+{clips}
+
+## Training data
+
+{data}
+
+## Evaluation
+
+{scores}
+
+## Intended use and limitations
+
+For research on joint audio-video generation. The model makes clips like its training data
+only (its domain, classes, clip length and resolution); it has not been evaluated for anything
+else. Do not use it to deceive or to impersonate people; label what it generates as generated.
+
+## How to use
+
+```python
+import torch
+from mmldm.pipeline import MMLDMPipeline
+
+pipe = MMLDMPipeline.from_pretrained("{name}")
+out = pipe("svg", num_samples=2, generator=torch.Generator().manual_seed(0))
+pipe.save(out, "samples/")  # mp4 files with sound
+```
+
+```
+mmldm sample --model {name} --task svg --num 4 --out samples/
+mmldm sample --model {name} --task a2v --audio clips/ --out a2v/
+mmldm app --model {name}
+```
+"""
+
+
 def model_card(
     name: str, gen: Checkpoint, ae: Checkpoint, parts: dict[str, Any], scores: dict | None
 ) -> str:
     """The model card: what the model is, its training data and steps, its scores, its
     intended use and how to load it."""
-    cfg, data = gen.config, gen.config.data
-    dit = dit_config(cfg)
-    classes = json.loads(gen.metadata.get("mmldm.data_classes", "[]"))
-    lines = [
-        "---",
-        "library_name: mmldm",
-        "tags: [mmldm, sounding-video-generation, audio-to-video, video-to-audio, "
-        "latent-diffusion]",
-        "---",
-        "",
-        f"# {name}",
-        "",
-        "An MM-LDM sounding video generator (Sun et al., *MM-LDM: Multi-Modal Latent Diffusion "
-        "Model for Sounding Video Generation*, ACM MM 2024): it generates short videos "
-        "together with their sound, and video from audio, audio from video, long videos and "
-        f"continuations. Exported by mmldm {__version__} on {datetime.date.today()}.",
-        "",
-        "## Model",
-        "",
-        "| component | what | training steps |",
-        "| --- | --- | --- |",
-        f"| generator | DiT, {dit.depth} blocks of width {dit.hidden_size}, "
-        f"{dit.num_heads} heads ({'EMA' if parts['generator'] == 'ema' else 'raw, no EMA'} "
-        f"weights) | {gen.step} |",
+    data, sample = gen.config.data, gen.config.sample
+    clips = (
+        f"Clips: {data.num_frames} frames at {data.fps:g} fps ({data.clip_seconds:g} s), "
+        f"{data.resolution}x{data.resolution} pixels, mono audio at {data.sample_rate} Hz. "
+        f"Sampling defaults: {sample.steps} {sample.sampler} steps, guidance "
+        f"{sample.guidance_audio:g} (audio) / {sample.guidance_video:g} (video). "
+        f"Tasks: {', '.join(TASKS)}."
+    )
+    return _CARD.format(
+        name=name,
+        version=__version__,
+        date=datetime.date.today(),
+        components="\n".join(_component_rows(gen, ae, parts)),
+        clips=clips,
+        data="\n".join(_data_lines(gen, ae)),
+        scores="\n".join(_scores_section(scores, name)),
+    )
+
+
+def _component_rows(gen: Checkpoint, ae: Checkpoint, parts: dict[str, Any]) -> list[str]:
+    dit, vae = dit_config(gen.config), gen.config.vae
+    weights = "EMA" if parts["generator"] == "ema" else "raw, no EMA"
+    vocoder = f"HiFi-GAN (from {parts['vocoder']})" if parts.get("vocoder") else (
+        "none: Griffin-Lim from the mel spectrogram (ship a HiFi-GAN for better audio)"
+    )  # fmt: skip
+    rows = [
+        f"| generator | DiT, {dit.depth} blocks of width {dit.hidden_size}, {dit.num_heads} "
+        f"heads ({weights} weights) | {gen.step} |",
         f"| autoencoder | multi-modal encoders, signal decoder, class head | {ae.step} |",
-        f"| vae | KL-VAE, {cfg.vae.latent_channels} latent channels, 1/{cfg.vae.downsample} "
-        "resolution (diffusers AutoencoderKL) | |",
-        "| vocoder | "
-        + (
-            f"HiFi-GAN (from {parts['vocoder']})"
-            if parts.get("vocoder")
-            else "none: Griffin-Lim from the mel spectrogram (install a HiFi-GAN for better audio)"
-        )
-        + " | |",
+        f"| vae | KL-VAE, {vae.latent_channels} latent channels, 1/{vae.downsample} resolution "
+        "(diffusers AutoencoderKL) | |",
+        f"| vocoder | {vocoder} | |",
     ]
     for part in ("decoder", "vae_decoder"):
         if parts.get(part):
-            sample = parts[part]
-            lines.append(
-                f"| {part} | distilled, {sample.decoder_steps} {sample.decoder_sampler} "
-                "steps (used by default) | |"
-            )
-    lines += [
-        "",
-        f"Clips: {data.num_frames} frames at {data.fps:g} fps ({data.clip_seconds:g} s), "
-        f"{data.resolution}x{data.resolution} pixels, mono audio at {data.sample_rate} Hz. "
-        f"Sampling defaults: {cfg.sample.steps} {cfg.sample.sampler} steps, guidance "
-        f"{cfg.sample.guidance_audio:g} (audio) / {cfg.sample.guidance_video:g} (video). "
-        f"Tasks: {', '.join(TASKS)}.",
-        "",
-        "## Training data",
-        "",
+            own = parts[part]
+            rows.append(f"| {part} | distilled, {own.decoder_steps} {own.decoder_sampler} "
+                        "steps (decodes by default) | |")  # fmt: skip
+    return rows
+
+
+def _data_lines(gen: Checkpoint, ae: Checkpoint) -> list[str]:
+    """Where the training clips came from, as the checkpoints recorded it."""
+    cfg = gen.config
+    classes = json.loads(gen.metadata.get("mmldm.data_classes", "[]"))
+    names = ", ".join(classes) if classes else f"{cfg.data.num_classes} (names not recorded)"
+    return [
         f"- Generator: the latent cache of `{gen.metadata.get('mmldm.data', 'not recorded')}` "
         f"({gen.metadata.get('mmldm.data_clips', '?')} clips), config `{cfg.name}`.",
         f"- Autoencoder: `{ae.metadata.get('mmldm.data', 'not recorded')}`, config "
         f"`{ae.config.name}`.",
-        "- Classes: "
-        + (", ".join(classes) if classes else f"{data.num_classes} (names not recorded)")
-        + (" (class-conditional)" if cfg.dit.class_conditional else ""),
-        "",
-        "## Evaluation",
-        "",
-        *_scores_section(scores, name),
-        "",
-        "## Intended use and limitations",
-        "",
-        "For research on joint audio-video generation. The model makes clips like its "
-        "training data only (its domain, classes, clip length and resolution); it has not "
-        "been evaluated for anything else. Do not use it to deceive or to impersonate people; "
-        "label what it generates as generated.",
-        "",
-        "## How to use",
-        "",
-        "```python",
-        "import torch",
-        "from mmldm.pipeline import MMLDMPipeline",
-        "",
-        f'pipe = MMLDMPipeline.from_pretrained("{name}")',
-        'out = pipe("svg", num_samples=2, generator=torch.Generator().manual_seed(0))',
-        'pipe.save(out, "samples/")  # mp4 files with sound',
-        "```",
-        "",
-        "```",
-        f"mmldm sample --model {name} --task svg --num 4 --out samples/",
-        f"mmldm sample --model {name} --task a2v --audio clips/ --out a2v/",
-        f"mmldm app --model {name}",
-        "```",
-        "",
+        f"- Classes: {names}" + (" (class-conditional)" if cfg.dit.class_conditional else ""),
     ]
-    return "\n".join(lines)
 
 
 def _scores_section(report: dict | None, name: str) -> list[str]:

@@ -28,12 +28,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmldm.checkpoint import COMPONENT_FILE, read_metadata
-from mmldm.weights import CheckpointError
+from mmldm.weights import CheckpointError, read_metadata
 
 MODEL_INDEX = "model_index.json"
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = COMPONENT_FILE
+WEIGHTS_FILE = "model.safetensors"  # an mmldm inference checkpoint (mmldm.checkpoint)
 PIPELINE_CLASS = "MMLDMPipeline"
 # component -> (library, class) as model_index.json names it
 COMPONENTS = {

@@ -198,43 +198,61 @@ class MMLDMPipeline:
         return_dict: bool = True,
         callback_on_step_end: StepEndCallback | None = None,
     ) -> MMLDMPipelineOutput | tuple:
-        """Generate ``num_samples`` samples of ``task`` (:data:`mmldm.tasks.TASKS`).
-
-        Args:
-            audio: ``[N]`` or ``[num_samples, N]`` waveform at data.sample_rate (a2v,
-                audio-continuation).
-            video: ``[F, 3, S, S]`` or ``[num_samples, F, 3, S, S]`` in [-1, 1] (v2a,
-                video-continuation).
-            num_inference_steps: DiT sampling steps (default sample.steps).
-            sampler: "ddim" or "dpm" (default sample.sampler).
-            guidance_scale_audio, guidance_scale_video: classifier-free guidance per modality
-                (eq. 9; default sample.guidance_*), used when something is given.
-            decoder_inference_steps: signal decoder steps (default sample.decoder_steps; a
-                distilled decoder's K).
-            generator: a ``torch.Generator`` for the batch, or a list of ``num_samples``:
-                sample i's noise then comes from generator i alone, whatever batch it is in.
-            seed: seeds one generator for the batch when ``generator`` is None.
-            clips: clips of a long / continued output (default sample.long_clips).
-            labels: classes to generate, one for all or one per sample (class-conditional
-                generators only).
-            output_type: "pt" (tensors) or "np" (arrays), see :class:`MMLDMPipelineOutput`.
-            return_dict: False returns the tuple ``(frames, audio)``.
-            callback_on_step_end: called after every DiT step as ``callback(pipe, step,
-                timestep, {"latents": x, "clip": k})`` with x the packed normalised latents
-                ``[N, |z_a| + |z_v|]`` (:func:`mmldm.sampling.unpack`) and k the clip; a
-                "latents" entry in the dict it returns replaces x.
+        """``num_samples`` samples of ``task`` (:data:`mmldm.tasks.TASKS`). Args:
+        audio: ``[N]`` or ``[num_samples, N]`` waveform at data.sample_rate (a2v,
+            audio-continuation).
+        video: ``[F, 3, S, S]`` or ``[num_samples, F, 3, S, S]`` in [-1, 1] (v2a,
+            video-continuation).
+        num_inference_steps: DiT sampling steps (default sample.steps).
+        sampler: "ddim" or "dpm" (default sample.sampler).
+        guidance_scale_audio, guidance_scale_video: classifier-free guidance per modality
+            (eq. 9; default sample.guidance_*), used when something is given.
+        decoder_inference_steps: signal decoder steps (default sample.decoder_steps; a
+            distilled decoder's K).
+        generator: a ``torch.Generator`` for the batch, or a list of ``num_samples``:
+            sample i's noise then comes from generator i alone, whatever batch it is in.
+        seed: seeds one generator for the batch when ``generator`` is None.
+        clips: clips of a long / continued output (default sample.long_clips).
+        labels: classes to generate, one for all or one per sample (class-conditional
+            generators only).
+        output_type: "pt" (tensors) or "np" (arrays), see :class:`MMLDMPipelineOutput`.
+        return_dict: False returns the tuple ``(frames, audio)``.
+        callback_on_step_end: called after every DiT step as ``callback(pipe, step,
+            timestep, {"latents": x, "clip": k})`` with x the packed normalised latents
+            ``[N, |z_a| + |z_v|]`` (:func:`mmldm.sampling.unpack`) and k the clip; a
+            "latents" entry in the dict it returns replaces x.
         """
-        num = num_samples
         spec = task_spec(task)
         g = torch.Generator(self.device).manual_seed(seed) if generator is None else generator
-        if isinstance(g, list) and len(g) != num:
-            raise ValueError(f"{len(g)} generators for {num} samples")
+        if isinstance(g, list) and len(g) != num_samples:
+            raise ValueError(f"{len(g)} generators for {num_samples} samples")
         kw = dict(steps=num_inference_steps, sampler=sampler, generator=g)
         kw.update(guidance_audio=guidance_scale_audio, guidance_video=guidance_scale_video)
-        y = self._labels(labels, num)
-        given = self._given(task, spec, num, audio, video)  # the given clip's signals
-        z_given = self.encode(**given)  # and its normalised latents (None: not given)
+        y = self._labels(labels, num_samples)
+        given = self._given(task, spec, num_samples, audio, video)  # the given clip's signals
         num_clips = (clips or self.cfg.sample.long_clips) if spec.continued else 1
+        frames, wave = self._clips(
+            spec, given, num_samples, num_clips, y, kw, decoder_inference_steps,
+            callback_on_step_end,
+        )  # fmt: skip
+        result = self._output(task, frames, wave, g, kw, decoder_inference_steps, y, output_type)
+        return result if return_dict else (result.frames, result.audio)
+
+    def _clips(
+        self,
+        spec: Task,
+        given: dict[str, torch.Tensor],
+        num: int,
+        num_clips: int,
+        labels: torch.Tensor | None,
+        kw: dict,
+        decoder_steps: int | None,
+        callback: StepEndCallback | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output's ``num_clips`` clips of ``num`` samples, one after the other: (frames
+        ``[num, K*F, 3, S, S]``, wave ``[num, K*n]``), in [-1, 1]. ``kw``: the DiT's sampling
+        settings and generator(s)."""
+        z_given = self.encode(**given)  # the given clip's normalised latents (None: not given)
         tracks, prev = [], {}
         for i in range(num_clips):
             if i == 0 and spec.continued and spec.given:  # the given clip opens the output
@@ -242,30 +260,21 @@ class MMLDMPipeline:
                 tracks.append(self._tracks(spec, given, None))
             else:  # a2v / v2a condition on the given clip, continuations on the previous one
                 cond = {} if spec.continued else {"cond_a": z_given[0], "cond_v": z_given[1]}
-                step_end = self._step_callback(callback_on_step_end, i)
                 z_a, z_v = self.sample_latents(
-                    num, **cond, **prev, labels=y, callback=step_end, **kw
+                    num,
+                    **cond,
+                    **prev,
+                    labels=labels,
+                    callback=self._step_callback(callback, i),
+                    **kw,
                 )
-                out = self.decode(z_a, z_v, generator=g, steps=decoder_inference_steps)
+                out = self.decode(z_a, z_v, generator=kw["generator"], steps=decoder_steps)
                 tracks.append(self._tracks(spec, given, out))
             # the next clip follows this one in the modalities the task generates
             prev = {"prev_a": None if spec.given == "video" else z_a}
             prev["prev_v"] = None if spec.given == "audio" else z_v
         frames, wave = (torch.cat(track, 1) for track in zip(*tracks, strict=True))
-        seeds = [x.initial_seed() for x in g] if isinstance(g, list) else [g.initial_seed()] * num
-        result = MMLDMPipelineOutput.from_signals(
-            frames,
-            wave,
-            output_type=output_type,
-            sample_rate=self.cfg.data.sample_rate,
-            fps=self.cfg.data.fps,
-            task=task,
-            seeds=seeds,
-            settings=self._settings(kw, decoder_inference_steps),
-            has_audio=spec.audio != "silent",
-            labels=None if y is None else y.tolist(),
-        )
-        return result if return_dict else (result.frames, result.audio)
+        return frames, wave
 
     generate = __call__  # the same call under a name that reads well in scripts
 
@@ -338,6 +347,32 @@ class MMLDMPipeline:
             "silent": torch.zeros(num, n, device=video.device),
         }[spec.audio]
         return video.float(), audio.float()
+
+    def _output(
+        self,
+        task: str,
+        frames: torch.Tensor,
+        wave: torch.Tensor,
+        g: torch.Generator | list[torch.Generator],
+        kw: dict,
+        decoder_steps: int | None,
+        labels: torch.Tensor | None,
+        output_type: str,
+    ) -> MMLDMPipelineOutput:
+        """The call's output: its signals, with the seeds and settings that made them."""
+        seeds = [x.initial_seed() for x in g] if isinstance(g, list) else [g.initial_seed()]
+        return MMLDMPipelineOutput.from_signals(
+            frames,
+            wave,
+            output_type=output_type,
+            sample_rate=self.cfg.data.sample_rate,
+            fps=self.cfg.data.fps,
+            task=task,
+            seeds=seeds if len(seeds) == len(frames) else seeds * len(frames),
+            settings=self._settings(kw, decoder_steps),
+            has_audio=task_spec(task).audio != "silent",
+            labels=None if labels is None else labels.tolist(),
+        )
 
     def _settings(self, kw: dict, decoder_steps: int | None) -> dict:
         """The sampling settings of a call, defaults resolved, for the output's record."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,15 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the model it is loaded into."""
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """Metadata of a safetensors file, without reading its tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 def load_state_dict_file(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:

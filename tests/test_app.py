@@ -1,0 +1,89 @@
+"""`mmldm app`: the Gradio page served on localhost and driven in Debian's headless Chromium as
+a user would: pick a2v, upload a clip, generate, and a video with sound plays."""
+
+import shutil
+import socket
+
+import pytest
+
+from mmldm.cli import main
+from mmldm.data.media import probe
+from test_gallery import CHROMIUM_ARGS, PROBE
+
+pytest.importorskip("gradio", reason="pip install -e '.[dev]' (includes the app extra)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("app") / "model"
+    args = ["export", "--generator", str(trained["gen"]), "--autoencoder", str(trained["ae"])]
+    assert main([*args, "--out", str(out), "-q"]) == 0
+    return out
+
+
+def test_app_generates_a2v_from_an_upload_and_plays_it_with_sound(model, trained, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is required for this test: make test installs it"
+    from mmldm.app import serve
+    from mmldm.pipeline import MMLDMPipeline
+
+    pipe = MMLDMPipeline.from_pretrained(model)
+    port = _free_port()
+    app = serve(pipe, port=port, outputs=tmp_path / "outputs", block=False)
+    upload = next(trained["synth"].rglob("*.mp4"))
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.get_by_label("a2v").check()
+            page.locator("input[type=file]").first.set_input_files(str(upload))
+            page.wait_for_selector(f"text={upload.name}", timeout=30_000)  # the upload landed
+            page.get_by_role("button", name="Generate").click()
+            page.wait_for_selector("video[src]", timeout=120_000)
+            results = page.evaluate(PROBE)
+            settings = page.get_by_text('"task"').first.inner_text()
+            browser.close()
+    finally:
+        app.close()
+    assert len(results) == 1 and results[0]["error"] is None, results
+    data = pipe.cfg.data
+    assert results[0]["duration"] == pytest.approx(data.clip_seconds, abs=0.1)
+    assert results[0]["videoBytes"] > 0 and results[0]["audioBytes"] > 0  # frames and AAC decode
+    assert "task" in settings
+    written = list((tmp_path / "outputs").glob("a2v_seed0_*.mp4"))
+    assert len(written) == 1
+    info = probe(written[0])
+    assert info.has_audio and info.num_frames == data.num_frames
+
+
+def test_app_command_needs_a_model(capsys):
+    assert main(["app", "-q"]) == 2
+    assert "give --model MODEL" in capsys.readouterr().err
+
+
+def test_only_the_app_imports_gradio():
+    """Gradio is an optional extra: no other module may import it (read from the sources)."""
+    import ast
+    from pathlib import Path
+
+    import mmldm
+
+    importers = []
+    for path in Path(mmldm.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            if any(name.split(".")[0] == "gradio" for name in names):
+                importers.append(path.name)
+    assert importers == ["app.py"]
