@@ -21,6 +21,8 @@ SUBCOMMANDS = [
     "cache-latents",
     "train-generator",
     "sample",
+    "export",
+    "app",
     "demo",
     "evaluate",
 ]

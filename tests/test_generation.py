@@ -233,6 +233,15 @@ def test_distilled_decoders_in_the_pipeline_and_the_cli(trained, tmp_path):
     assert shipped.codec.cfg.sample.decoder_steps == 2 and shipped.codec.vae_decoder is not None
     again = shipped("svg", 1, seed=0)
     assert torch.allclose(again.frames, out.frames, atol=1e-6)
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "| decoder | distilled signal decoder, 2 few_step steps" in card
+    assert "| vae_decoder | distilled tiny VAE decoder, one pass" in card
+    # a teacher (distill-*, cache-latents --model) loads the folder without its distilled parts
+    from mmldm.codec import Codec
+
+    own = Codec.load(tmp_path / "m" / "autoencoder", folder_decoders=False)
+    assert own.cfg.sample == load_checkpoint(trained["ae"]).config.sample
+    assert own.vae_decoder is None
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,17 +65,17 @@ def generate_clip(
         task,
         1,
         **given,
-        generator=torch.Generator(pipe.device).manual_seed(int(seed)),
+        generator=torch.Generator(pipe.device).manual_seed(int(seed or 0)),
         num_inference_steps=int(steps) if steps else None,
         guidance_scale_audio=guidance_audio,
         guidance_scale_video=guidance_video,
         labels=None if label is None else [int(label)],
     )
     outputs.mkdir(parents=True, exist_ok=True)
-    path = outputs / f"{task}_seed{int(seed)}_{uuid.uuid4().hex[:8]}.mp4"
+    path = outputs / f"{task}_seed{int(seed or 0)}_{uuid.uuid4().hex[:8]}.mp4"
     audio = out.waveform(0) if out.has_audio else None
     write_video(path, out.video(0), out.fps, audio, out.sample_rate if out.has_audio else None)
-    return path, {"task": task, "seed": int(seed), **out.settings}
+    return path, {"task": task, "seed": int(seed or 0), **out.settings}
 
 
 def build_app(pipe: MMLDMPipeline, outputs: Path) -> gr.Blocks:
@@ -93,8 +93,8 @@ def build_app(pipe: MMLDMPipeline, outputs: Path) -> gr.Blocks:
             with gr.Column():
                 task = gr.Radio(list(TASKS), value="svg", label="task")
                 condition = gr.File(
-                    label="given clip (a2v: audio or a video with sound; v2a and "
-                    "video-continuation: a video)",
+                    label="given clip (a2v, audio-continuation: audio or a video with sound; "
+                    "v2a, video-continuation: a video)",
                     file_types=["audio", "video"],
                     type="filepath",
                 )

@@ -176,8 +176,9 @@ def sample_batch(
             gens = [torch.Generator(pipe.device).manual_seed(item.seed) for item in items]
             classes = None if labels is None else [item.label for item in items]
             gen = pipe.generate(
-                task, len(items), generator=gens, labels=classes, **given, **generate
-            )
+                task, len(items), generator=gens, labels=classes, **given,
+                **{**generate, "return_dict": True},
+            )  # fmt: skip
             names = [item.name for item in items]
             records = save_generation(gen, out, items[0].index, names=names)
             for record, item in zip(records, items, strict=True):

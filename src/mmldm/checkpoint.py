@@ -308,7 +308,8 @@ def check_made_from(
     latents, encoders and VAE are the only ones it reads. Returns that fingerprint."""
     expected = ckpt.metadata.get("mmldm.autoencoder_fingerprint")
     found = found or checkpoint_fingerprint(autoencoder)
-    if expected and expected != found:
+    # a distilled checkpoint always names its teacher; generators before 0.2 may not
+    if (expected or made == "distilled") and expected != found:
         what = "distilled from" if made == "distilled" else "trained on the latents of"
         raise CheckpointError(
             f"{ckpt.path} was {what} {ckpt.metadata.get('mmldm.autoencoder')} (fingerprint "

@@ -567,6 +567,7 @@ class Codec:
         decoder: str | Path | None = None,
         vae_decoder: str | Path | None = None,
         vocoder: str | Path | None = None,
+        folder_decoders: bool = True,
     ) -> Codec:
         """The codec of an autoencoder run, checkpoint folder or weights file, or of a model
         folder (``mmldm export``; its vocoder and distilled decoders too, unless given).
@@ -578,11 +579,14 @@ class Codec:
             vae_decoder: a tiny VAE decoder of its VAE (``mmldm distill-vae``).
             vocoder: a HiFi-GAN folder instead of ``vocoder.path`` (loaded now; without it the
                 vocoder is loaded when first needed).
+            folder_decoders: False: a model folder's distilled decoders are not loaded (its
+                autoencoder's own decoder and the KL-VAE's decode, e.g. as a teacher).
         """
         parts = containing_model(path)
         if parts is not None:  # its autoencoder, with its vocoder and distilled parts
             path, vocoder = parts.autoencoder, vocoder or parts.vocoder
-            decoder, vae_decoder = decoder or parts.decoder, vae_decoder or parts.vae_decoder
+            if folder_decoders:
+                decoder, vae_decoder = decoder or parts.decoder, vae_decoder or parts.vae_decoder
         ckpt = load_checkpoint(path, kind="autoencoder")
         cfg = ckpt.config
         model = MultiModalAutoencoder(autoencoder_config(cfg))

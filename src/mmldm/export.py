@@ -41,7 +41,7 @@ from mmldm.model_folder import (
 )
 from mmldm.networks import dit_config
 from mmldm.tasks import TASKS
-from mmldm.weights import load_weights
+from mmldm.weights import CheckpointError, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +121,19 @@ def _write_parts(
     use_ema: bool,
 ) -> dict[str, Any]:
     """Every component's subfolder; returns what the model card reports of each."""
-    source = {"mmldm.source": str(ae.path)}
-    ae_file = _write_checkpoint(
-        root, "autoencoder", ae, {"autoencoder": ae.state_dict("autoencoder")}, source
-    )
+    if "vae" not in ae.modules:
+        raise CheckpointError(
+            f"{ae.path}: holds no VAE; export takes the autoencoder's training run (a model "
+            "folder is already exported: copy it)"
+        )
+    modules = {"autoencoder": ae.state_dict("autoencoder")}
+    ae_file = _write_checkpoint(root, "autoencoder", ae, modules, _provenance(ae))
     vae = build_vae(ae.config.vae)
     load_weights(vae, ae.state_dict("vae"), source=str(ae.path))
     vae.save_pretrained(root / "vae", safe_serialization=True)
     # the exported parts name the exported autoencoder by its fingerprint
     link = {
-        "mmldm.autoencoder": "autoencoder",
+        "mmldm.autoencoder": "the autoencoder/ of its model folder",
         "mmldm.autoencoder_fingerprint": checkpoint_fingerprint(ae_file),
     }
     weights = "ema" if use_ema and "ema" in gen.modules else "dit"
@@ -162,6 +165,9 @@ def _write_checkpoint(
     folder = root / name
     folder.mkdir(parents=True)
     path = folder / WEIGHTS_FILE
+    counts = json.loads(ckpt.metadata.get("mmldm.parameters", "{}"))  # for `mmldm info`
+    counts = {module: counts[module] for module in modules if module in counts}
+    metadata = {**metadata, "mmldm.parameters": json.dumps(counts)}
     write_weights(
         path, modules, ckpt.config, kind=ckpt.kind, step=ckpt.step, extra_metadata=metadata
     )
@@ -187,14 +193,19 @@ def _write_vocoder(folder: Path, ae: Checkpoint, path: str | Path | None) -> str
 
 
 def _replace(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``, moving an existing ``out`` away first."""
-    if out.exists():
-        old = out.parent / f".old-{out.name}-{uuid.uuid4().hex[:8]}"
-        os.rename(out, old)
+    """Rename ``tmp`` to ``out``, moving an existing ``out`` away first (and back, should the
+    rename fail)."""
+    if not out.exists():
         os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    old = out.parent / f".old-{out.name}-{uuid.uuid4().hex[:8]}"
+    os.rename(out, old)
+    try:
         os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,11 +305,13 @@ def _component_rows(gen: Checkpoint, ae: Checkpoint, parts: dict[str, Any]) -> l
         "(diffusers AutoencoderKL) | |",
         f"| vocoder | {vocoder} | |",
     ]
-    for part in ("decoder", "vae_decoder"):
-        if parts.get(part):
-            own = parts[part]
-            rows.append(f"| {part} | distilled, {own.decoder_steps} {own.decoder_sampler} "
-                        "steps (decodes by default) | |")  # fmt: skip
+    if parts.get("decoder"):
+        own = parts["decoder"]
+        what = f"distilled signal decoder, {own.decoder_steps} {own.decoder_sampler} steps"
+        rows.append(f"| decoder | {what}, no guidance (decodes by default) | |")
+    if parts.get("vae_decoder"):
+        what = "distilled tiny VAE decoder, one pass, in place of the KL-VAE's decoder"
+        rows.append(f"| vae_decoder | {what} (decodes by default) | |")
     return rows
 
 
@@ -306,7 +319,9 @@ def _data_lines(gen: Checkpoint, ae: Checkpoint) -> list[str]:
     """Where the training clips came from, as the checkpoints recorded it."""
     cfg = gen.config
     classes = json.loads(gen.metadata.get("mmldm.data_classes", "[]"))
-    names = ", ".join(classes) if classes else f"{cfg.data.num_classes} (names not recorded)"
+    names = ", ".join(classes) or (
+        f"{cfg.data.num_classes} (names not recorded)" if cfg.data.num_classes else "none"
+    )
     return [
         f"- Generator: the latent cache of `{gen.metadata.get('mmldm.data', 'not recorded')}` "
         f"({gen.metadata.get('mmldm.data_clips', '?')} clips), config `{cfg.name}`.",

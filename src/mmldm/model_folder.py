@@ -78,8 +78,9 @@ def read_model_folder(folder: str | Path) -> ModelParts:
     if not index_path.is_file():
         what = "does not exist" if not root.exists() else f"has no {MODEL_INDEX}"
         raise CheckpointError(
-            f"{root}: not an mmldm model folder ({what}); `mmldm export` writes one, training "
-            "runs load with --generator RUN --autoencoder RUN"
+            f"{root}: not an mmldm model folder ({what}); `mmldm export` writes one. Training "
+            "runs load with --generator RUN --autoencoder RUN, or from_pretrained(generator_run, "
+            "autoencoder=autoencoder_run)"
         )
     try:
         index = json.loads(index_path.read_text())
@@ -112,7 +113,11 @@ def _component(root: Path, name: str) -> Path:
     if not weights.is_file():
         raise CheckpointError(f"{root}: the {name} component is missing {WEIGHTS_FILE}")
     stored = json.loads(read_metadata(weights).get("mmldm.config", "null"))
-    if json.loads(config.read_text()) != stored:
+    try:
+        written = json.loads(config.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config}: not valid JSON ({err})") from None
+    if written != stored:
         raise CheckpointError(
             f"{config}: differs from the config stored in {weights}, which is what loads; "
             "export the model again rather than editing config.json"
@@ -123,7 +128,7 @@ def _component(root: Path, name: str) -> Path:
 def containing_model(path: str | Path) -> ModelParts | None:
     """The model folder that ``path`` is, or whose component ``path`` is (its subfolder or
     weights file); None for anything else (a run, a checkpoint)."""
-    path = Path(path)
+    path = Path(path).absolute()
     for root in (path, path.parent, path.parent.parent):
         inside = path.relative_to(root).parts
         if is_model_folder(root) and (not inside or inside[0] in COMPONENTS):

@@ -42,7 +42,7 @@ from mmldm.config import Config
 from mmldm.data.latents import LatentStats
 from mmldm.diffusion.sampling import Generators
 from mmldm.generation import MMLDMPipelineOutput, save_generation
-from mmldm.model_folder import read_model_folder
+from mmldm.model_folder import containing_model, read_model_folder
 from mmldm.models.dit import MultiModalDiT
 from mmldm.networks import dit_config
 from mmldm.sampling import sample_latents
@@ -93,6 +93,8 @@ class MMLDMPipeline:
         if autoencoder is None:  # a model folder (its vocoder and decoders: Codec.load)
             parts = read_model_folder(pretrained)
             generator, autoencoder = parts.generator, parts.autoencoder
+        elif (parts := containing_model(autoencoder)) is not None:
+            autoencoder = parts.autoencoder  # the file whose fingerprint the generator names
         ckpt = load_checkpoint(generator, kind="generator")
         cfg = ckpt.config
         if not allow_foreign_autoencoder:

@@ -112,7 +112,7 @@ def cache_latents(
 ) -> Path:
     """Encode every clip of ``data`` with the autoencoder of ``autoencoder`` into ``out``."""
     out = Path(out)
-    codec = Codec.load(autoencoder, device=device)
+    codec = Codec.load(autoencoder, device=device, folder_decoders=False)  # encodes only
     cfg = codec.cfg
     dataset = SoundingVideoDataset(data, cfg.data, cache_dir=cache_dir)
     meta = {

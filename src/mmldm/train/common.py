@@ -203,11 +203,11 @@ def data_metadata(dataset: Dataset) -> dict[str, str]:
     meta = getattr(dataset, "meta", {})
     source = meta.get("source", getattr(dataset, "source", None))
     classes = meta.get("classes", getattr(dataset, "classes", []))
-    return {
-        "mmldm.data": str(source),
+    recorded = {
         "mmldm.data_clips": str(len(dataset)),  # type: ignore[arg-type]
         "mmldm.data_classes": json.dumps([str(c) for c in classes]),
     }
+    return recorded if source is None else {"mmldm.data": str(source), **recorded}
 
 
 class TrainingLoop:

@@ -257,7 +257,7 @@ def _load_teacher(
     """
     fingerprint = checkpoint_fingerprint(autoencoder)
     # read once, on the CPU until the device is known; its config is the run's base
-    codec = Codec.load(autoencoder)
+    codec = Codec.load(autoencoder, folder_decoders=False)  # the teacher: the full decoder
     if not resume:
         return codec, distill_config(codec.cfg, list(overrides or []), part), fingerprint
     if overrides:
