@@ -136,14 +136,15 @@ def run_demo(
     family: str = "ball",
     *,
     command: Callable[[list[str]], int],
-    load_pipeline: Callable[[Path, Path], Any],
+    load_pipeline: Callable[..., Any],
 ) -> Path:
     """Run every stage into ``out`` on the synthetic ``family``; returns the gallery page.
 
     The data and training stages run the mmldm commands of :func:`stage_commands` with
     ``command(argv) -> exit status`` (the CLI's ``main``), each logged as it starts, so the
     demo shows the commands that reproduce it; ``load_pipeline(generator_run,
-    autoencoder_run)`` loads the trained models for the samples stage.
+    autoencoder=autoencoder_run)`` (``MMLDMPipeline.from_pretrained``) loads the trained
+    models for the samples stage.
     """
     out = Path(out)
     overrides = list(overrides or [])
@@ -153,7 +154,8 @@ def run_demo(
     commands = stage_commands(out, config, overrides, family, cfg.data.clip_seconds)
 
     def samples() -> None:
-        make_samples(load_pipeline(out / "generator", out / "autoencoder"), out, test_dir)
+        pipe = load_pipeline(out / "generator", autoencoder=out / "autoencoder")
+        make_samples(pipe, out, test_dir)
 
     def scores() -> None:
         metrics = evaluate_demo(out, cfg, data_dir, test_dir)
