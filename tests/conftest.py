@@ -20,57 +20,11 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     synth = root / "synth"
     synthesize_dataset(synth, 6, seed=1, data=load_config("tiny").data)  # 0.8 s: 2 clips each
-    ae = root / "ae"
-    assert (
-        main(
-            [
-                "train-autoencoder",
-                "--data",
-                str(synth),
-                "--out",
-                str(ae),
-                "--max-steps",
-                "1",
-                "--set",
-                "train.sample_every=100",
-                *TINY,
-            ]
-        )
-        == 0
-    )
-    latents = root / "latents"
-    assert (
-        main(
-            [
-                "cache-latents",
-                "--autoencoder",
-                str(ae),
-                "--data",
-                str(synth),
-                "--out",
-                str(latents),
-                "--shard-size",
-                "5",
-                "-q",
-            ]
-        )
-        == 0
-    )
-    gen = root / "gen"
-    assert (
-        main(
-            [
-                "train-generator",
-                "--latents",
-                str(latents),
-                "--out",
-                str(gen),
-                "--long",
-                "--max-steps",
-                "2",
-                *TINY,
-            ]
-        )
-        == 0
-    )
+    ae, latents, gen = root / "ae", root / "latents", root / "gen"
+    ae_args = ["--data", str(synth), "--out", str(ae), "--set", "train.sample_every=100"]
+    assert main(["train-autoencoder", *ae_args, "--max-steps", "1", *TINY]) == 0
+    cache_args = ["--autoencoder", str(ae), "--data", str(synth), "--out", str(latents)]
+    assert main(["cache-latents", *cache_args, "--shard-size", "5", "-q"]) == 0
+    gen_args = ["--latents", str(latents), "--out", str(gen), "--long"]
+    assert main(["train-generator", *gen_args, "--max-steps", "2", *TINY]) == 0
     return {"synth": synth, "ae": ae, "latents": latents, "gen": gen, "root": root}
