@@ -1,4 +1,5 @@
 import os
+import socket
 
 # No model hub at test time: every weight is local.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,6 +12,18 @@ from mmldm.config import load_config
 from mmldm.synthetic.families import synthesize_dataset
 
 TINY = ["--config", "tiny", "-q"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of the tests' mmldm subprocesses: one thread each (the same float
+    reductions whatever the process count), offline, unbuffered."""
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
 
 
 @pytest.fixture(scope="session")

@@ -2,21 +2,15 @@
 a user would: pick a2v, upload a clip, generate, and a video with sound plays."""
 
 import shutil
-import socket
 
 import pytest
 
+from conftest import free_port
 from mmldm.cli import main
 from mmldm.data.media import probe
 from test_gallery import CHROMIUM_ARGS, PROBE
 
 pytest.importorskip("gradio", reason="pip install -e '.[dev]' (includes the app extra)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,7 @@ def test_app_generates_a2v_from_an_upload_and_plays_it_with_sound(model, trained
     from mmldm.pipeline import MMLDMPipeline
 
     pipe = MMLDMPipeline.from_pretrained(model)
-    port = _free_port()
+    port = free_port()
     app = serve(pipe, port=port, outputs=tmp_path / "outputs", block=False)
     upload = next(trained["synth"].rglob("*.mp4"))
     try:

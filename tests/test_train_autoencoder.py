@@ -3,7 +3,6 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,13 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import TINY, free_port, subprocess_env
 from mmldm.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
 from mmldm.cli import main
 from mmldm.config import load_config
 from mmldm.data.media import probe, read_media
 from mmldm.synthetic.families import synthesize_dataset
-
-TINY = ["--config", "tiny", "-q"]
 
 
 @pytest.fixture(scope="module")
@@ -26,17 +24,6 @@ def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     synthesize_dataset(root, 6, seed=0, data=load_config("tiny").data)
     return root
-
-
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
-    return env
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _weights(run):
@@ -118,7 +105,7 @@ def test_two_process_cpu_run_loads_in_one_process(synth, tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "mmldm",
         "train-autoencoder",
@@ -132,7 +119,7 @@ def test_two_process_cpu_run_loads_in_one_process(synth, tmp_path):
         "train.autoencoder.batch_size=1",
         *TINY,
     ]
-    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = load_checkpoint(run, kind="autoencoder")
     state = ckpt.training_state()
@@ -164,12 +151,19 @@ def _train_cmd(synth, run, resume=False):
 def test_sigkill_and_resume_matches_uninterrupted_run(synth, tmp_path):
     straight = tmp_path / "straight"
     subprocess.run(
-        _train_cmd(synth, straight), env=_env(), check=True, timeout=300, capture_output=True
+        _train_cmd(synth, straight),
+        env=subprocess_env(),
+        check=True,
+        timeout=300,
+        capture_output=True,
     )
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        _train_cmd(synth, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _train_cmd(synth, killed),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240
     while not (killed / "checkpoints" / "step_00000002").exists():
@@ -181,7 +175,7 @@ def test_sigkill_and_resume_matches_uninterrupted_run(synth, tmp_path):
     assert load_checkpoint(killed).step < 6
     subprocess.run(
         _train_cmd(synth, killed, resume=True),
-        env=_env(),
+        env=subprocess_env(),
         check=True,
         timeout=300,
         capture_output=True,

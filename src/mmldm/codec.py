@@ -275,6 +275,7 @@ def vae_inputs(
     generator: torch.Generator | None = None,
     cache: VAELatentCache | None = None,
     keys: list[tuple] | None = None,
+    sample_vae: bool = True,
 ) -> VAEInputs:
     """Clips -> VAE latents of key frames, target frames and the audio image, in one VAE pass.
 
@@ -285,6 +286,7 @@ def vae_inputs(
         flip: ``[B]`` bool, mirror those clips' frames (training augmentation).
         cache, keys: draw the latents from cached posteriors of the clips named by ``keys``
             ((path, start) each) instead of encoding them (:class:`VAELatentCache`).
+        sample_vae: posterior samples (training, as the paper) or the posterior means.
     """
     b, f = video.shape[:2]
     if flip is not None:
@@ -309,7 +311,7 @@ def vae_inputs(
     else:
         k, n = len(key_frames), num_targets
         images = torch.cat([video[:, key_frames].flatten(0, 1), targets.flatten(0, 1), image])
-        latents = encode(vae, images.to(next(vae.parameters()).dtype))  # one VAE batch
+        latents = encode(vae, images.to(next(vae.parameters()).dtype), sample=sample_vae)
         key_lat, tgt_lat, audio_lat = latents.split([b * k, b * n, b])
         key_lat, tgt_lat = key_lat.unflatten(0, (b, k)), tgt_lat.unflatten(0, (b, n))
     return VAEInputs(
@@ -638,8 +640,10 @@ class Codec:
         self, video: torch.Tensor, audio: torch.Tensor, sample: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Clips ``video [B, F, 3, S, S]`` in [-1, 1], ``audio [B, N]`` at data.sample_rate ->
-        (z_a, z_v); posterior means unless ``sample``."""
-        inputs = vae_inputs(self.vae, self.cfg, video, audio, num_targets=0)
+        (z_a, z_v); the VAE's and the autoencoder's posterior means (unless ``sample``), so a
+        clip encodes the same way every time, in any batch and on any process (the latent
+        cache, reconstructions, and the conditions of :meth:`encode_audio` alike)."""
+        inputs = vae_inputs(self.vae, self.cfg, video, audio, num_targets=0, sample_vae=sample)
         enc = self.autoencoder.encode(inputs.key_latents, inputs.audio_latent, sample=sample)
         return enc.z_a, enc.z_v
 

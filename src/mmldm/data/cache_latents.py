@@ -21,6 +21,7 @@ from mmldm.config import config_to_dict
 from mmldm.console import progress
 from mmldm.data.dataset import SoundingVideoDataset
 from mmldm.data.latents import LatentCacheError, shard_name
+from mmldm.data.media import write_json
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def finalize_stats(out: Path) -> dict:
         mean = sums[key + "1"] / n
         std = (sums[key + "2"] / n - mean**2).clamp(min=1e-12).sqrt()
         stats[key] = {"mean": mean.tolist(), "std": std.tolist()}
-    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    write_json(out / "stats.json", stats)  # atomic: the last processes may both get here
     log.info(
         "%s: %d clips; z_a std %s, z_v std %s",
         out,

@@ -2,9 +2,12 @@
 learning-rate warm-up, EMA, and checkpoints with the full training state.
 
 Exact resume: the data order of epoch e is a permutation seeded by (seed, e), sharded across
-processes; a resumed run skips the batches its checkpoint had consumed. Every other random draw
-(noise, timesteps, dropout, flips) comes from the global RNGs, whose states (one per process)
-are saved in the checkpoint. So a run killed and resumed matches an uninterrupted one.
+processes; a resumed run skips the batches its checkpoint had consumed. The generator's draws
+(noise, timesteps, condition drops) come from (seed, step) for the whole global batch
+(:class:`BatchRandom`), so they do not depend on the number of processes either; the other
+stages' draws (noise, timesteps, dropout, flips) come from the global RNGs, whose states (one
+per process) are saved in the checkpoint. So a run killed and resumed matches an uninterrupted
+one, and a generator trained on N processes matches one process given the same global batch.
 """
 
 from __future__ import annotations
@@ -113,6 +116,46 @@ def batches(
         )
         yield from loader
         epoch, offset = epoch + 1, 0
+
+
+class BatchRandom:
+    """One training step's random draws, made for the whole global batch from (seed, step):
+    each process keeps the rows of its own samples, rows ``rank, rank + world, ...`` (how
+    :class:`EpochSampler` deals a global batch out). A sample's noise then does not depend on
+    how many processes share the batch, and N processes reproduce one process's run.
+
+    Every process draws the global batch (``world`` times its own rows): cheap for latents.
+    With ``seed=None``, draws come from torch's global RNG, for one process.
+    """
+
+    def __init__(
+        self,
+        seed: int | None,
+        step: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.generator = None
+        if seed is not None:
+            self.generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        self.rank, self.world, self.device = rank, world, torch.device(device)
+
+    def _mine(self, draw: Callable[..., torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+        full = draw((shape[0] * self.world, *shape[1:]), generator=self.generator)
+        return full[self.rank :: self.world].to(self.device)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return self._mine(torch.randn, shape)
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        return self._mine(torch.rand, shape)
+
+    def randint(self, high: int, *shape: int) -> torch.Tensor:
+        def draw(size: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+            return torch.randint(high, size, generator=generator)
+
+        return self._mine(draw, shape)
 
 
 def lr_at(step: int, stage: StageTrainConfig) -> float:
@@ -276,6 +319,15 @@ class TrainingLoop:
                     group["lr"] = lr_at(self.step, self.settings)
             yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
+    def mean_over_processes(self, logs: dict[str, float]) -> dict[str, float]:
+        """Each value averaged over the processes (their batches are equal in size): the loss
+        of the global batch, as one process given it would log. Every process calls this."""
+        if self.accelerator.num_processes == 1:
+            return logs
+        values = torch.tensor(list(logs.values()), dtype=torch.float64)
+        mean = self.accelerator.reduce(values.to(self.accelerator.device), "mean")
+        return dict(zip(logs, mean.tolist(), strict=True))
+
     def saves_next(self) -> bool:
         """True when the step in progress (ended by the next ``end_step``) writes a checkpoint."""
         step = self.step + 1
@@ -286,6 +338,7 @@ class TrainingLoop:
         self.step += 1
         self.bar.update(1)
         if self.step % self.cfg.train.log_every == 0 or self.step == self.total:
+            logs = self.mean_over_processes(logs)
             logs["lr"] = next(iter(self.optimizers.values())).param_groups[0]["lr"]
             self.logger.log(self.step, logs)
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}", left=self.clock.eta(self.step))

@@ -28,6 +28,7 @@ from mmldm.models.dit import DiTInputs, MultiModalDiT
 from mmldm.networks import dit_config
 from mmldm.sampling import sample_latents
 from mmldm.train.common import (
+    BatchRandom,
     TrainingLoop,
     ema_update,
     make_accelerator,
@@ -39,20 +40,26 @@ log = logging.getLogger(__name__)
 
 
 def generator_loss(
-    model: nn.Module, batch: dict, cfg: Config, abar: torch.Tensor
+    model: nn.Module,
+    batch: dict,
+    cfg: Config,
+    abar: torch.Tensor,
+    rng: BatchRandom | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """eq. 8 with the task mixing of sec. 3.3 (and the previous-clip drops of long training).
 
     Args:
         batch: normalised latents ``z_a [B, C, ...]``, ``z_v``, ``label [B]``, and for long
             training ``prev_a``, ``prev_v``, ``has_prev [B]``.
+        rng: the step's draws (default: torch's global RNG on one process).
     """
     d = cfg.dit
     z_a, z_v = batch["z_a"], batch["z_v"]
-    b, device = len(z_a), z_a.device
-    t = torch.randint(0, len(abar), (b,), device=device)  # shared by both modalities
-    n_a, n_v = torch.randn_like(z_a), torch.randn_like(z_v)
-    u = torch.rand(b, device=device)
+    b = len(z_a)
+    rng = rng or BatchRandom(None, device=z_a.device)
+    t = rng.randint(len(abar), b)  # shared by both modalities
+    n_a, n_v = rng.randn(*z_a.shape).to(z_a.dtype), rng.randn(*z_v.shape).to(z_v.dtype)
+    u = rng.rand(b)
     a2v = (u < d.a2v_prob).to(z_a.dtype)
     v2a = ((u >= d.a2v_prob) & (u < d.a2v_prob + d.v2a_prob)).to(z_a.dtype)
     inputs = DiTInputs(
@@ -64,11 +71,11 @@ def generator_loss(
     )
     if d.class_conditional:
         null = torch.full_like(batch["label"], cfg.data.num_classes)
-        drop = (torch.rand(b, device=device) < d.class_drop_prob) | (batch["label"] < 0)
+        drop = (rng.rand(b) < d.class_drop_prob) | (batch["label"] < 0)
         inputs.labels = torch.where(drop, null, batch["label"])
     if d.long:
         has = batch["has_prev"].to(z_a.dtype)
-        w = torch.rand(b, device=device)
+        w = rng.rand(b)
         keep_v = has * (w >= d.prev_video_drop_prob).to(z_a.dtype)
         keep_a = has * (
             (w < d.prev_video_drop_prob) | (w >= d.prev_video_drop_prob + d.prev_audio_drop_prob)
@@ -110,11 +117,15 @@ def generator_step(
     """One training step of the DiT (eq. 8, :func:`generator_loss`), then the EMA update;
     returns the logs. ``model`` and ``opt`` as ``accelerator`` prepared them."""
     stage = cfg.train.generator
+    # the draws of the global batch from (seed, step): the same on any number of processes
+    rng = BatchRandom(
+        cfg.train.seed, step, accelerator.process_index, accelerator.num_processes, abar.device
+    )
     logs, _ = train_step(
         accelerator,
         model,
         opt,
-        lambda: generator_loss(model, batch, cfg, abar),
+        lambda: generator_loss(model, batch, cfg, abar, rng),
         grad_clip=stage.grad_clip,
         step=step,
     )
