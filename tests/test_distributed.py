@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,26 +117,94 @@ def test_a_killed_cache_process_resumes_to_the_same_cache(reference_cache, tmp_p
     _assert_same_cache(one, out)
 
 
-def test_two_nodes_train_the_generator_as_one_process_does(trained, tmp_path):
+def _generator_args(trained):
+    args = ["train-generator", "--latents", str(trained["latents"]), "--max-steps", "4", *TINY]
+    return [*args, "--set", "train.log_every=1", "--set", "train.checkpoint_every=2"]
+
+
+def _losses(run):
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def one_process_generator(trained, tmp_path_factory):
+    """4 steps of the generator on one process, global batch 4."""
+    run = tmp_path_factory.mktemp("gen") / "one"
+    _run([*_generator_args(trained), "--out", str(run), "--set", "train.generator.batch_size=4"])
+    return run
+
+
+def test_two_nodes_train_the_generator_as_one_process_does(
+    trained, one_process_generator, tmp_path
+):
     """The same global batch (4) as one process of 4 or two nodes of 2: the logged losses (the
-    mean over processes) and the weights after 3 steps agree to float tolerance, because each
+    mean over processes) and the weights after 4 steps agree to float tolerance, because each
     sample's noise comes from (seed, step, its place in the global batch)."""
-    common = ["train-generator", "--latents", str(trained["latents"]), "--max-steps", "3"]
-    common += [*TINY, "--set", "train.log_every=1", "--set", "train.sample_every=100"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    _run([*common, "--out", str(one), "--set", "train.generator.batch_size=4"])
-    _two_nodes([*common, "--out", str(two), "--set", "train.generator.batch_size=2"])
-    logs = [
-        [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        for run in (one, two)
-    ]
-    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [1, 2, 3]
-    for a, b in zip(*logs, strict=True):
-        for key in ("loss", "loss_audio", "loss_video"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)
+    one, two = one_process_generator, tmp_path / "two"
+    _two_nodes(
+        [*_generator_args(trained), "--out", str(two), "--set", "train.generator.batch_size=2"]
+    )
+    assert len(_losses(one)) == 4 and _losses(two) == pytest.approx(_losses(one), rel=1e-5)
     ckpt_one, ckpt_two = load_checkpoint(one), load_checkpoint(two)
     assert ckpt_two.training_state()["world_size"] == 2
     for module in ("dit", "ema"):
         x, y = ckpt_one.state_dict(module), ckpt_two.state_dict(module)
         for key in x:
             assert torch.allclose(x[key], y[key], atol=1e-5), (module, key)
+
+
+# --------------------------------------------------------------------------------------------
+# FSDP2 through accelerate, with the launch configs the repository ships (accelerate/*.yaml).
+# accelerate turns FSDP on for GPUs only; mmldm's make_accelerator applies it to CPU processes
+# too (torch's FSDP2 runs over gloo), which is what these tests run.
+# --------------------------------------------------------------------------------------------
+
+ACCELERATE = Path(__file__).resolve().parent.parent / "accelerate"
+
+
+def _fsdp(config, args):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ACCELERATE / config), "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--main_process_port", str(free_port()),
+           "-m", "mmldm", *args]  # fmt: skip
+    result = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def test_fsdp_generator_matches_one_process_and_resumes_exactly(
+    trained, one_process_generator, tmp_path
+):
+    """The DiT sharded over 2 processes (its DiTBlocks one unit each) trains as one process
+    given the same global batch, and a run stopped at step 2 and resumed under FSDP ends
+    where the uninterrupted one does, bit for bit (full weights and optimizer states saved)."""
+    one, fsdp, resumed = one_process_generator, tmp_path / "fsdp", tmp_path / "resumed"
+    half = [*_generator_args(trained), "--set", "train.generator.batch_size=2"]
+    _fsdp("fsdp_generator.yaml", [*half, "--out", str(fsdp)])
+    _fsdp("fsdp_generator.yaml", [*half, "--out", str(resumed), "--max-steps", "2"])
+    _fsdp("fsdp_generator.yaml", ["train-generator", "--resume", str(resumed), "--max-steps", "4"])
+    losses = [_losses(run) for run in (one, fsdp, resumed)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == losses[1]
+    a, b, c = (load_checkpoint(run) for run in (one, fsdp, resumed))
+    assert b.step == c.step == 4
+    for module in ("dit", "ema"):
+        x, y, z = a.state_dict(module), b.state_dict(module), c.state_dict(module)
+        for key in x:
+            assert torch.allclose(x[key], y[key], atol=1e-5), (module, key)
+            assert torch.equal(y[key], z[key]), (module, key)
+    adam = b.training_state()["optimizers"]["dit"]["state"]  # full tensors, by parameter name
+    assert adam["blocks.0.attn.qkv.weight"]["exp_avg"].shape == y["blocks.0.attn.qkv.weight"].shape
+
+
+def test_fsdp_autoencoder_with_its_discriminator_saves_a_full_checkpoint(trained, tmp_path):
+    run = tmp_path / "ae"
+    args = ["train-autoencoder", "--data", str(trained["synth"]), "--out", str(run), *TINY]
+    _fsdp("fsdp_autoencoder.yaml", [*args, "--max-steps", "2"])
+    ckpt = load_checkpoint(run, kind="autoencoder")
+    assert {"autoencoder", "discriminator", "vae"} <= set(ckpt.modules)
+    from mmldm.codec import Codec
+
+    codec = Codec.load(run)  # the full weights, loadable on one process
+    state = ckpt.training_state()["optimizers"]
+    params = dict(codec.autoencoder.named_parameters())
+    for name, moments in state["autoencoder"]["state"].items():
+        assert moments["exp_avg"].shape == params[name].shape, name

@@ -220,3 +220,48 @@ def test_model_built_on_the_meta_device_runs_like_one_built_on_the_cpu(overrides
     inputs = DiTInputs(z_a, z_v, torch.tensor([3, 900]), prev_a=z_a, prev_v=z_v)
     for got, want in zip(model(inputs), reference(inputs), strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    """train.gradient_checkpointing recomputes the blocks (main and long branch) in the
+    backward: the same loss and gradients as keeping their activations."""
+    cfg = load_config("tiny", ["dit.long=true"])
+    abar = alphas_cumprod(cfg.diffusion)
+    torch.manual_seed(0)
+    plain = MultiModalDiT(dit_config(cfg))
+    for p in plain.parameters():  # adaLN-Zero starts at zero: make every block matter
+        torch.nn.init.normal_(p, std=0.05)
+    ckpt = MultiModalDiT(dit_config(cfg), gradient_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    batch = {
+        "z_a": torch.randn(2, *cfg.audio_latent_shape),
+        "z_v": torch.randn(2, *cfg.video_latent_shape),
+        "label": torch.tensor([0, 1]),
+        "prev_a": torch.randn(2, *cfg.audio_latent_shape),
+        "prev_v": torch.randn(2, *cfg.video_latent_shape),
+        "has_prev": torch.tensor([True, True]),
+    }
+    from mmldm.train.common import BatchRandom
+
+    losses, kept = [], []
+    for model in (plain, ckpt):
+        saved = []
+
+        def pack(t, saved=saved):
+            saved.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, _ = generator_loss(model.train(), batch, cfg, abar, BatchRandom(0, 5))
+        loss.backward()
+        losses.append(loss.item())
+        kept.append(sum(saved))
+    assert kept[1] < kept[0] / 2  # the blocks' activations were not kept
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    grads = 0
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+            grads += 1
+    assert grads > 20

@@ -384,7 +384,7 @@ class TrainConfig:
 
     seed: int = 0
     mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # the DiT's blocks and the decoder UNet's
     # autoencoder training: keep the frozen VAE's posteriors of each clip in memory after its
     # first encoding (the VAE encode is a quarter of a demo step); for datasets that fit in RAM
     cache_vae_latents: bool = False

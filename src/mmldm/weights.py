@@ -111,6 +111,14 @@ def load_weights(
     matching tensors are loaded and the differences are logged as warnings.
     """
     own = module.state_dict()
+    # checkpoints before 0.3: an empty tensor holds no weights (the DiT's context tokens when
+    # there are none), not an unexpected key; a scalar loads into a one-element parameter (the
+    # contrastive head's logit scale, 1-D since FSDP shards no scalars)
+    state_dict = {
+        k: v.reshape(1) if k in own and v.dim() == 0 and own[k].shape == (1,) else v
+        for k, v in state_dict.items()
+        if v.numel() or k in own
+    }
     mismatched = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
         for k, v in state_dict.items()

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mmldm.models.blocks import sinusoidal_embedding
 
@@ -224,9 +225,11 @@ class MultiModalDiT(nn.Module):
     """The prediction (eps or v) for (z_a, z_v) jointly: ``DiTInputs -> (out_a, out_v)``,
     each shaped like its latent."""
 
-    def __init__(self, config: MultiModalDiTConfig) -> None:
+    def __init__(self, config: MultiModalDiTConfig, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         d = self.config = config
+        # training: each block's activations are recomputed in the backward instead of kept
+        self.gradient_checkpointing = gradient_checkpointing
         c_a, s_a, _ = d.audio_shape
         c_v, s_v, _ = d.video_shape
         dim = d.hidden_size
@@ -235,7 +238,12 @@ class MultiModalDiT(nn.Module):
         self.video = ModalityTokens(c_v, s_v, d.patch_size, dim, *frames)
         self.eos_a = nn.Parameter(torch.zeros(1, 1, dim))
         self.eos_v = nn.Parameter(torch.zeros(1, 1, dim))
-        self.context = nn.Parameter(torch.zeros(1, d.num_context_tokens, dim))
+        # None without context tokens: an empty parameter would break FSDP's sharding
+        self.context = (
+            nn.Parameter(torch.zeros(1, d.num_context_tokens, dim))
+            if d.num_context_tokens
+            else None
+        )
         self.t_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.num_classes = d.num_classes
         # one extra row: the null class that class dropout (and unconditional sampling) uses
@@ -276,7 +284,8 @@ class MultiModalDiT(nn.Module):
             if tokens.num_frames:
                 nn.init.zeros_(tokens.frame_cond.weight)
         for p in (self.eos_a, self.eos_v, self.context):
-            nn.init.normal_(p, std=0.02)
+            if p is not None:
+                nn.init.normal_(p, std=0.02)
         nn.init.normal_(self.t_embed[0].weight, std=0.02)
         nn.init.normal_(self.t_embed[2].weight, std=0.02)
         if self.y_embed is not None:
@@ -309,6 +318,11 @@ class MultiModalDiT(nn.Module):
             c = c + self.y_embed(labels.clamp(min=0, max=self.num_classes))
         return c
 
+    def _run(self, block: DiTBlock, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, c, use_reentrant=False)
+        return block(x, c)
+
     def forward(self, inp: DiTInputs) -> tuple[torch.Tensor, torch.Tensor]:
         b = len(inp.z_a)
         c = self.condition(inp.t, inp.labels)
@@ -317,7 +331,7 @@ class MultiModalDiT(nn.Module):
         current = torch.cat(
             [self.eos_a.expand(b, -1, -1), audio, self.eos_v.expand(b, -1, -1), video], dim=1
         )
-        prefix = [self.context.expand(b, -1, -1)]
+        prefix = [] if self.context is None else [self.context.expand(b, -1, -1)]
         branch_feats: list[torch.Tensor] = []
         if self.long:
             prev_a = inp.prev_a if inp.prev_a is not None else torch.zeros_like(inp.z_a)
@@ -326,7 +340,7 @@ class MultiModalDiT(nn.Module):
             prefix.append(prev)  # the previous clip as context tokens of the main sequence
             h = torch.cat([prev, current], dim=1)  # the branch reads [previous | current]
             for block, out in zip(self.branch, self.branch_out, strict=True):
-                h = block(h, c)
+                h = self._run(block, h, c)
                 branch_feats.append(out(h[:, prev.shape[1] :]))
         n_prefix = sum(p.shape[1] for p in prefix)
         x = torch.cat([*prefix, current], dim=1)
@@ -335,7 +349,7 @@ class MultiModalDiT(nn.Module):
                 x = torch.cat(
                     [x[:, :n_prefix], x[:, n_prefix:] + branch_feats[i // self.stride]], dim=1
                 )
-            x = block(x, c)
+            x = self._run(block, x, c)
         x = x[:, n_prefix:]
         la, lv = self.audio.num_tokens, self.video.num_spatial
         tok_a, tok_v = x[:, 1 : 1 + la], x[:, 2 + la :]  # skip EOS_a and EOS_v

@@ -69,7 +69,8 @@ class ContrastiveHead(nn.Module):
         features = semantic_dim * semantic_size**2
         self.audio = nn.Sequential(nn.LayerNorm(features), nn.Linear(features, dim))
         self.video = nn.Sequential(nn.LayerNorm(features), nn.Linear(features, dim))
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature_init)))
+        # shape [1], not a scalar: FSDP shards no scalar parameters
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / temperature_init)]))
 
     def embed(self, s_a: torch.Tensor, s_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = F.normalize(self.audio(s_a.flatten(1)), dim=-1)

@@ -47,6 +47,7 @@ from mmldm.models.vae import decode as vae_decode
 from mmldm.networks import discriminator_config
 from mmldm.train.common import (
     adversarial_stage,
+    initial_weights,
     make_optimizer,
     start_clip_stage,
     train_step,
@@ -351,15 +352,16 @@ def train_autoencoder(
     accelerator, dataset = start_clip_stage(cfg, "autoencoder", data, cache_dir)
     vae = load_vae(cfg.vae).to(accelerator.device).eval().requires_grad_(False)
     cfg = adopt_vae_scaling(cfg, vae)  # stored in every checkpoint: sampling rebuilds the VAE
-    model = MultiModalAutoencoder(autoencoder_config(cfg), cfg.train.gradient_checkpointing)
+    with initial_weights(cfg):
+        model = MultiModalAutoencoder(autoencoder_config(cfg), cfg.train.gradient_checkpointing)
     if cfg.decoder.pretrained_unet and not resume:  # the paper starts from SD 1.x's UNet
         for unet in model.decoder.unets.values():
             load_pretrained_unet(unet, cfg.decoder.pretrained_unet)
     objective = Objective(model, cfg)
     opt = make_optimizer(model.parameters(), cfg.train.autoencoder)
-    disc = (
-        TripletDiscriminator(discriminator_config(cfg)) if cfg.autoencoder.gan_weight > 0 else None
-    )
+    with initial_weights(cfg):
+        gan = cfg.autoencoder.gan_weight > 0
+        disc = TripletDiscriminator(discriminator_config(cfg)) if gan else None
     objective.aux["vae"] = vae  # decodes the adversarial term's pixels (used with a discriminator)
     loop, objective, opt, disc, disc_opt = adversarial_stage(
         accelerator,
@@ -383,5 +385,5 @@ def train_autoencoder(
             accelerator, objective, opt, inputs, batch["label"], cfg, loop.step, disc, disc_opt
         )
         loop.end_step(logs)
-        loop.preview(functools.partial(write_reconstructions, previews, video, audio))
+        loop.preview(functools.partial(write_reconstructions, previews, video, audio), model)
     return loop.close()

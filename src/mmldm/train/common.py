@@ -12,18 +12,34 @@ one, and a generator trained on N processes matches one process given the same g
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    DistributedType,
+    FullyShardedDataParallelPlugin,
+    gather_object,
+    set_seed,
+)
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmldm.audio.mel import audio_image
@@ -54,6 +70,17 @@ def make_accelerator(cfg: Config, stage: StageTrainConfig) -> Accelerator:
         # unused parameters are legitimate: e.g. the discriminator before it starts
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    if (
+        not torch.cuda.is_available()
+        and accelerator.num_processes > 1
+        and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    ):
+        # accelerate turns FSDP on for accelerators only; torch's FSDP2 also runs on CPU
+        # processes over gloo, so an FSDP launch config works on a CPU machine too
+        # (both states: AcceleratorState copies PartialState's whenever it is instantiated)
+        accelerator.state.distributed_type = DistributedType.FSDP
+        PartialState().distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from the launch env
     set_seed(cfg.train.seed + accelerator.process_index)
     if not accelerator.is_main_process:  # one process reports; the others only warn
         logging.getLogger("mmldm").setLevel(logging.WARNING)
@@ -183,9 +210,79 @@ def make_optimizer(params, stage: StageTrainConfig) -> torch.optim.AdamW:
 
 
 @torch.no_grad()
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2 shard (a DTensor: gathered from every process, so every
+    process must call this), or ``t`` itself."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+@contextlib.contextmanager
+def initial_weights(cfg: Config) -> Iterator[None]:
+    """Networks built inside are initialised from ``train.seed`` alone, the same on every
+    process: DDP broadcasts process 0's weights, FSDP does not (each process keeps the shards
+    it initialised). Each process's own random stream then continues as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        yield
+
+
+# --------------------------------------------------------------------------------------------
+# State dicts under FSDP2: a sharded module's weights and optimizer state are gathered into full
+# tensors for a checkpoint (the same files as without FSDP; on the main process, which writes
+# them) and scattered from full tensors on resume. Every process takes part in both.
+# --------------------------------------------------------------------------------------------
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """True for a module whose parameters FSDP sharded (DTensors)."""
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def full_state_dict(accelerator: Accelerator, module: nn.Module | Mapping) -> Mapping:
+    """A module's whole state dict for a checkpoint (a tensor dict passes through)."""
+    if not isinstance(module, nn.Module):
+        return module
+    if is_sharded(module):
+        return get_model_state_dict(module, options=_FULL)
+    return accelerator.unwrap_model(module).state_dict()
+
+
+def optimizer_state(module: nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """An optimizer's whole state for a checkpoint; that of a sharded ``module`` is keyed by
+    parameter names, with full tensors."""
+    if is_sharded(module):
+        return get_optimizer_state_dict(module, opt, options=_FULL)
+    return opt.state_dict()
+
+
+def load_module_state(
+    accelerator: Accelerator, module: nn.Module, state: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """Full weights from a checkpoint into ``module`` (each process keeps its shards)."""
+    if is_sharded(module):
+        set_model_state_dict(module, dict(state), options=StateDictOptions(full_state_dict=True))
+    else:
+        load_weights(accelerator.unwrap_model(module), state, source=source)
+
+
+def load_optimizer_state(module: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+    if is_sharded(module):
+        options = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(module, opt, state, options=options)
+    else:
+        opt.load_state_dict(state)
+
+
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * model``; under FSDP the EMA stays whole on every
+    process and the model's shards are gathered for it (every process calls this)."""
     ema_params = list(ema.parameters())
-    params = [p.detach().to(e.dtype) for e, p in zip(ema_params, model.parameters(), strict=True)]
+    params = [
+        full_tensor(p.detach()).to(e.dtype)
+        for e, p in zip(ema_params, model.parameters(), strict=True)
+    ]
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)  # one fused update, not one per tensor
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
@@ -201,12 +298,12 @@ def resume_training(
     """Load the latest checkpoint of ``run`` into modules and optimizers; returns its step."""
     ckpt = load_checkpoint(run, kind=kind)
     for name, module in modules.items():
-        load_weights(accelerator.unwrap_model(module), ckpt.state_dict(name), source=str(ckpt.path))
+        load_module_state(accelerator, module, ckpt.state_dict(name), str(ckpt.path))
     state = ckpt.training_state()
     if state is None:
         raise ValueError(f"{ckpt.path}: no training state beside it, cannot resume")
-    for name, opt in optimizers.items():
-        opt.load_state_dict(state["optimizers"][name])
+    for name, opt in optimizers.items():  # each optimizer steps the module of its name
+        load_optimizer_state(modules[name], opt, state["optimizers"][name])
     rng = state["rng"]
     if len(rng) != accelerator.num_processes:
         log.warning(
@@ -309,6 +406,7 @@ class TrainingLoop:
         self.clock = Throughput(self.step, self.total)
         self.bar = progress(total=self.total, initial=self.step, desc=stage)
         self.last: Path | None = None
+        self.warned_previews = False
 
     def __iter__(self) -> Iterator[dict]:
         device = self.accelerator.device
@@ -359,11 +457,9 @@ class TrainingLoop:
         process (its folder there, None on the others)."""
         accelerator = self.accelerator
         rng = gather_object([capture_rng_state()])  # one state per process, in rank order
-        # every process takes part: under sharded strategies this gathers the full weights
-        states = {
-            k: accelerator.get_state_dict(m) if isinstance(m, nn.Module) else m
-            for k, m in self.modules.items()
-        }
+        # every process takes part: under FSDP this gathers the full weights
+        states = {k: full_state_dict(accelerator, m) for k, m in self.modules.items()}
+        optimizers = {k: optimizer_state(self.modules[k], o) for k, o in self.optimizers.items()}
         counts = {
             k: sum(p.numel() for p in accelerator.unwrap_model(m).parameters())
             for k, m in self.modules.items()
@@ -379,7 +475,7 @@ class TrainingLoop:
                 kind=self.kind,
                 step=self.step,
                 training_state={
-                    "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                    "optimizers": optimizers,
                     "rng": list(rng),
                     "world_size": accelerator.num_processes,
                 },
@@ -393,10 +489,17 @@ class TrainingLoop:
         """True on the steps where something done every ``every`` steps (and at the end) runs."""
         return self.step % every == 0 or self.step == self.total
 
-    def preview(self, write: Callable[[Path], None]) -> None:
+    def preview(self, write: Callable[[Path], None], model: nn.Module | None = None) -> None:
         """Every ``train.sample_every`` steps (and at the end): ``write(folder)`` on the main
-        process, into ``RUN/samples/step_<8-digit step>``; the other processes wait for it."""
+        process, into ``RUN/samples/step_<8-digit step>``; the other processes wait for it.
+        ``model``: what ``write`` runs; one that FSDP sharded cannot run on one process, so
+        there are no previews then (the checkpoints sample as usual)."""
         if not self.due(self.cfg.train.sample_every):
+            return
+        if model is not None and is_sharded(model):
+            if not self.warned_previews and self.accelerator.is_main_process:
+                log.warning("no previews under FSDP: %s is sharded across processes", self.kind)
+            self.warned_previews = True
             return
         if self.accelerator.is_main_process:
             write(self.run / "samples" / f"step_{self.step:08d}")
@@ -508,7 +611,9 @@ def prepare_adversarial(
         objective, opt = accelerator.prepare(objective, opt)
         return objective, opt, None, None
     disc_opt = make_optimizer(disc.parameters(), getattr(cfg.train, stage))
-    objective, opt, disc, disc_opt = accelerator.prepare(objective, opt, disc, disc_opt)
+    # one model per call: what FSDP2 accepts (each optimizer follows its model's sharding)
+    objective, opt = accelerator.prepare(objective, opt)
+    disc, disc_opt = accelerator.prepare(disc, disc_opt)
     accelerator.unwrap_model(objective).aux["discriminator"] = accelerator.unwrap_model(disc)
     return objective, opt, disc, disc_opt
 

@@ -330,5 +330,5 @@ def _train_student(
             step=loop.step,
         )
         loop.end_step(logs)
-        loop.preview(functools.partial(write_previews, batch))
+        loop.preview(functools.partial(write_previews, batch), objective)
     return loop.close()

@@ -31,6 +31,7 @@ from mmldm.train.common import (
     BatchRandom,
     TrainingLoop,
     ema_update,
+    initial_weights,
     make_accelerator,
     make_optimizer,
     train_step,
@@ -153,7 +154,8 @@ def train_generator(
             f"{latents}: no clip has a cached predecessor; long training needs consecutive "
             "clips (data.clip_stride = data.num_frames and videos longer than one clip)"
         )
-    model = MultiModalDiT(dit_config(cfg))
+    with initial_weights(cfg):
+        model = MultiModalDiT(dit_config(cfg), cfg.train.gradient_checkpointing)
     ema = copy.deepcopy(model).requires_grad_(False) if stage.ema_decay > 0 else None
     opt = make_optimizer(model.parameters(), stage)
     model, opt = accelerator.prepare(model, opt)
@@ -180,15 +182,12 @@ def train_generator(
     )
     abar = alphas_cumprod(cfg.diffusion).to(accelerator.device)
     samples = TrainingSamples(cfg, dataset)
+    # the EMA weights when there are any: the ones sampling loads by default
+    shown = ema if ema is not None else accelerator.unwrap_model(model)
     for batch in loop:
         logs = generator_step(accelerator, model, opt, batch, cfg, abar, loop.step, ema)
         loop.end_step(logs)
-        # the EMA weights when there are any: the ones sampling loads by default
-        loop.preview(
-            lambda folder: samples.write(
-                ema if ema is not None else accelerator.unwrap_model(model), folder
-            )
-        )
+        loop.preview(lambda folder: samples.write(shown, folder), shown)
     return loop.close()
 
 

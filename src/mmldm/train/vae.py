@@ -20,7 +20,13 @@ from mmldm.audio.mel import audio_image
 from mmldm.codec import adopt_vae_scaling, load_vae
 from mmldm.config import Config
 from mmldm.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
-from mmldm.train.common import adversarial_stage, make_optimizer, start_clip_stage, train_step
+from mmldm.train.common import (
+    adversarial_stage,
+    initial_weights,
+    make_optimizer,
+    start_clip_stage,
+    train_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +122,16 @@ def train_vae(
     """Train stage 0 into ``run``; returns the last checkpoint's folder."""
     run = Path(run)
     accelerator, dataset = start_clip_stage(cfg, "vae", data, cache_dir)
-    vae = load_vae(cfg.vae)
+    with initial_weights(cfg):
+        vae = load_vae(cfg.vae)
     cfg = adopt_vae_scaling(cfg, vae)
     if cfg.vae.train_decoder_only:  # the paper: encoder frozen, so its latents keep their meaning
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
     objective = VAEObjective(vae, cfg)
     opt = make_optimizer(vae.parameters(), cfg.train.vae)
-    disc = PatchDiscriminator() if cfg.vae.disc_weight > 0 else None
+    with initial_weights(cfg):
+        disc = PatchDiscriminator() if cfg.vae.disc_weight > 0 else None
     loop, objective, opt, disc, disc_opt = adversarial_stage(
         accelerator,
         cfg,
