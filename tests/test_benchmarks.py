@@ -17,7 +17,9 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("script", ["flops.py", "cpu_timings.py", "gpu.py", "decoders.py"])
+@pytest.mark.parametrize(
+    "script", ["flops.py", "cpu_timings.py", "gpu.py", "decoders.py", "memory.py"]
+)
 def test_benchmark_scripts_import_and_explain_themselves(script):
     result = _run(str(BENCH / script), "--help")
     assert result.returncode == 0, result.stderr
@@ -42,3 +44,19 @@ def test_gpu_benchmark_refuses_to_run_without_cuda(tmp_path):
     result = _run(str(BENCH / "gpu.py"), "--out", str(tmp_path / "gpu.json"))
     assert result.returncode == 2
     assert "CUDA" in result.stdout + result.stderr
+
+
+def test_memory_of_the_tiny_config_measures_activations(tmp_path):
+    """Activations grow with the batch, gradient checkpointing keeps less of them, FSDP holds
+    less per GPU than DDP."""
+    out = tmp_path / "memory.json"
+    result = _run(str(BENCH / "memory.py"), "--config", "tiny", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "FSDP x8" in result.stdout and "141 GB (H200)" in result.stdout
+    stages = {s["name"]: s for s in json.loads(out.read_text())["stages"]}
+    dit = stages["generator (DiT)"]
+    assert dit["trainable"] == dit["ema"] > 0
+    slope = {key: per_clip for key, (_, per_clip) in dit["activations"].items()}
+    assert all(v > 0 for v in slope.values())
+    assert slope["fp32, checkpointing"] < slope["fp32"] / 2
+    assert stages["autoencoder (decoder UNet)"]["frozen"] > 0  # the VAE
