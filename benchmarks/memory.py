@@ -13,8 +13,10 @@ What is measured and what is computed (the tables say which):
 - model states ("formula"): AdamW on fp32 weights: per trainable parameter 4 B weight + 4 B
   gradient + 8 B Adam moments, 4 B more for the generator's EMA, 4 B per frozen parameter (the
   VAE). DDP holds all of it on every GPU, plus its gradient buckets (4 B per trainable
-  parameter). FSDP (full shard over N GPUs) divides the trainable weights, gradients, moments
-  and the EMA by N, and adds the largest wrapped block gathered whole (weights + gradients).
+  parameter). FSDP (full shard over N GPUs, the repository's accelerate configs) divides the
+  trainable weights, gradients and moments by N, keeps the EMA whole (as training does), and
+  adds the largest shard unit gathered whole (weights + gradients): a DiTBlock for the DiT, the
+  whole model for the autoencoder (``accelerate/fsdp_autoencoder.yaml`` wraps no blocks).
 - not counted: the CUDA context and allocator fragmentation (1-3 GB), the data loader, the
   discriminator's adversarial term (the autoencoder row is eq. 3 without it). "Fits" leaves
   10% of the GPU for them.
@@ -29,10 +31,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from common import RESULTS_DIR, format_table, machine_info, write_json
@@ -54,18 +58,9 @@ GPUS = {"80 GB (A100 / H100)": 80e9, "141 GB (H200)": 141e9}
 BATCHES = range(1, 9)
 USABLE = 0.9  # of a GPU's memory, for what is not counted
 FSDP_GPUS = 8
-# the blocks FSDP wraps (accelerate/fsdp_*.yaml): DiT blocks; the decoder UNet's down / mid /
-# up blocks (diffusers' class names)
-WRAPPED = {
-    "generator": ("DiTBlock",),
-    "autoencoder": (
-        "CrossAttnDownBlock2D",
-        "CrossAttnUpBlock2D",
-        "DownBlock2D",
-        "UpBlock2D",
-        "UNetMidBlock2DCrossAttn",
-    ),
-}
+# the DiT's shard units in accelerate/fsdp_generator.yaml (the autoencoder's config shards each
+# model as one unit)
+DIT_UNITS = ("DiTBlock",)
 
 
 @dataclass
@@ -153,7 +148,7 @@ def generator_stage(cfg: Config) -> Stage:
         return generator_loss(dit, batch, cfg, abar, BatchRandom(0))[0]
 
     n = sum(p.numel() for p in dit.parameters())
-    block = largest_block(dit, WRAPPED["generator"])
+    block = largest_block(dit, DIT_UNITS)
     assert isinstance(dit.blocks[0], DiTBlock)
     return Stage("generator (DiT)", n, 0, n, block, measure(dit, forward))
 
@@ -178,25 +173,26 @@ def autoencoder_stage(cfg: Config) -> Stage:
 
     trainable = sum(p.numel() for p in model.parameters())
     frozen = sum(p.numel() for p in vae.parameters())
-    block = largest_block(model, WRAPPED["autoencoder"])
-    return Stage("autoencoder (decoder UNet)", trainable, frozen, 0, block, measure(model, forward))
+    # one unit per model (fsdp_autoencoder.yaml): the whole autoencoder is gathered
+    return Stage(
+        "autoencoder (decoder UNet)", trainable, frozen, 0, trainable, measure(model, forward)
+    )
 
 
 def per_gpu(stage: Stage, strategy: str, activations: tuple[float, float], batch: int) -> float:
     """Bytes on one GPU (see the module docstring for what the formula holds)."""
-    states = 16 * stage.trainable + 4 * stage.ema  # weights, grads, Adam m and v; EMA
-    if strategy == "DDP":
-        states += 4 * stage.trainable  # gradient buckets
-    else:
-        states = states / FSDP_GPUS + 8 * stage.largest_block  # one block gathered whole
+    if strategy == "DDP":  # weights, grads, Adam m and v, gradient buckets
+        states = 20 * stage.trainable
+    else:  # the same sharded (no buckets), one unit's weights and grads gathered whole
+        states = 16 * stage.trainable / FSDP_GPUS + 8 * stage.largest_block
     a, b = activations
-    return states + 4 * stage.frozen + a + b * batch
+    return states + 4 * stage.ema + 4 * stage.frozen + a + b * batch
 
 
 def tables(stage: Stage) -> str:
     lines = [
         f"{stage.name}: {stage.trainable / 1e6:.0f}M trainable parameters (formula: states), "
-        f"{stage.frozen / 1e6:.0f}M frozen, EMA {stage.ema / 1e6:.0f}M, largest FSDP block "
+        f"{stage.frozen / 1e6:.0f}M frozen, EMA {stage.ema / 1e6:.0f}M, largest FSDP unit "
         f"{stage.largest_block / 1e6:.0f}M; activations measured (CPU, batch 1 and 2)"
     ]
     headers = ["strategy", "activations", *[f"B={b}" for b in BATCHES], *GPUS]
@@ -225,10 +221,17 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE")
     parser.add_argument("--stages", default="generator,autoencoder")
     parser.add_argument("--out", default=str(RESULTS_DIR / "memory.json"))
+    parser.add_argument(
+        "--report", help="print the tables of an earlier --out file instead of measuring"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.report:
+        for stage in json.loads(Path(args.report).read_text())["stages"]:
+            stage["activations"] = {k: tuple(v) for k, v in stage["activations"].items()}
+            print(tables(Stage(**stage)), end="\n\n")
+        return
     cfg = load_config(args.config, args.overrides)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     builders = {"generator": generator_stage, "autoencoder": autoencoder_stage}
     stages = [builders[name](cfg) for name in args.stages.split(",")]
     for stage in stages:

@@ -5,6 +5,7 @@ equal within float tolerance."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -184,6 +185,14 @@ def test_fsdp_generator_matches_one_process_and_resumes_exactly(
     _fsdp("fsdp_generator.yaml", ["train-generator", "--resume", str(resumed), "--max-steps", "4"])
     losses = [_losses(run) for run in (one, fsdp, resumed)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == losses[1]
+    # checkpoints cross over: one process's resumes under FSDP, FSDP's on one process
+    for source, resume in ((one, _fsdp), (fsdp, None)):
+        crossed = tmp_path / f"crossed-{source.name}"
+        shutil.copytree(source, crossed)
+        shutil.rmtree(crossed / "checkpoints" / "step_00000004")
+        args = ["train-generator", "--resume", str(crossed), "--max-steps", "3", "-q"]
+        resume("fsdp_generator.yaml", args) if resume else _run(args)
+        assert load_checkpoint(crossed).step == 3 and len(_losses(crossed)) == 3
     a, b, c = (load_checkpoint(run) for run in (one, fsdp, resumed))
     assert b.step == c.step == 4
     for module in ("dit", "ema"):

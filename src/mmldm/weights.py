@@ -98,6 +98,20 @@ class LoadReport:
         return "; ".join(parts) or "all keys match"
 
 
+def upgrade_state_dict(
+    state_dict: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """A checkpoint before 0.3 in the module's current layout (``own``: its state dict): an
+    empty tensor holds no weights and is dropped (the DiT's context tokens when there are
+    none); a scalar loads into a one-element parameter (the contrastive head's logit scale,
+    1-D since FSDP shards no scalars). Anything else passes unchanged, to be reported."""
+    return {
+        k: v.reshape(1) if k in own and v.dim() == 0 and tuple(own[k].shape) == (1,) else v
+        for k, v in state_dict.items()
+        if v.numel() or k in own
+    }
+
+
 def load_weights(
     module: torch.nn.Module,
     state_dict: Mapping[str, torch.Tensor],
@@ -111,14 +125,7 @@ def load_weights(
     matching tensors are loaded and the differences are logged as warnings.
     """
     own = module.state_dict()
-    # checkpoints before 0.3: an empty tensor holds no weights (the DiT's context tokens when
-    # there are none), not an unexpected key; a scalar loads into a one-element parameter (the
-    # contrastive head's logit scale, 1-D since FSDP shards no scalars)
-    state_dict = {
-        k: v.reshape(1) if k in own and v.dim() == 0 and own[k].shape == (1,) else v
-        for k, v in state_dict.items()
-        if v.numel() or k in own
-    }
+    state_dict = upgrade_state_dict(state_dict, own)
     mismatched = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
         for k, v in state_dict.items()

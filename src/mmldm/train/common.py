@@ -49,7 +49,7 @@ from mmldm.console import progress
 from mmldm.data.media import write_video
 from mmldm.run import RunLogger
 from mmldm.viz import save_grid
-from mmldm.weights import load_weights
+from mmldm.weights import load_weights, upgrade_state_dict
 
 if TYPE_CHECKING:  # previews decode with a codec they are given
     from mmldm.codec import Codec
@@ -80,7 +80,10 @@ def make_accelerator(cfg: Config, stage: StageTrainConfig) -> Accelerator:
         # (both states: AcceleratorState copies PartialState's whenever it is instantiated)
         accelerator.state.distributed_type = DistributedType.FSDP
         PartialState().distributed_type = DistributedType.FSDP
-        accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from the launch env
+        plugin = FullyShardedDataParallelPlugin()  # from the launch environment
+        if accelerator.mixed_precision != "no":
+            plugin.set_mixed_precision(accelerator.mixed_precision)
+        accelerator.state.fsdp_plugin = plugin
     set_seed(cfg.train.seed + accelerator.process_index)
     if not accelerator.is_main_process:  # one process reports; the others only warn
         logging.getLogger("mmldm").setLevel(logging.WARNING)
@@ -221,8 +224,8 @@ def initial_weights(cfg: Config) -> Iterator[None]:
     """Networks built inside are initialised from ``train.seed`` alone, the same on every
     process: DDP broadcasts process 0's weights, FSDP does not (each process keeps the shards
     it initialised). Each process's own random stream then continues as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)
+    with torch.random.fork_rng(devices=[]):  # the CPU generator, where networks are built
+        torch.default_generator.manual_seed(cfg.train.seed)  # (not CUDA's: those stay per rank)
         yield
 
 
@@ -262,17 +265,43 @@ def load_module_state(
 ) -> None:
     """Full weights from a checkpoint into ``module`` (each process keeps its shards)."""
     if is_sharded(module):
-        set_model_state_dict(module, dict(state), options=StateDictOptions(full_state_dict=True))
+        state = upgrade_state_dict(state, module.state_dict())
+        set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
     else:
         load_weights(accelerator.unwrap_model(module), state, source=source)
 
 
 def load_optimizer_state(module: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+    """An optimizer state from a checkpoint, written with FSDP (keyed by parameter names) or
+    without (by position), into ``opt`` of ``module``, sharded or not."""
+    names = [n for n, p in module.named_parameters() if p.requires_grad]  # the optimizer's order
+    by_position = all(isinstance(k, int) for k in state["state"])
     if is_sharded(module):
+        if by_position:
+            state = {
+                "state": {names[i]: v for i, v in state["state"].items()},
+                "param_groups": [
+                    {**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]
+                ],
+            }
         options = StateDictOptions(full_state_dict=True)
         set_optimizer_state_dict(module, opt, state, options=options)
-    else:
-        opt.load_state_dict(state)
+        return
+    if not by_position:  # written under FSDP: positions from the names
+        index = {name: i for i, name in enumerate(names)}
+        state = {
+            "state": {index[n]: v for n, v in state["state"].items()},
+            "param_groups": [
+                {**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]
+            ],
+        }
+    opt.load_state_dict(state)
+    for group in opt.param_groups:  # moments of a scalar saved before it became 1-D
+        for p in group["params"]:
+            moments = opt.state.get(p, {})
+            for key, value in moments.items():
+                if key != "step" and torch.is_tensor(value) and value.shape != p.shape:
+                    moments[key] = value.reshape(p.shape)
 
 
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
@@ -303,7 +332,8 @@ def resume_training(
     if state is None:
         raise ValueError(f"{ckpt.path}: no training state beside it, cannot resume")
     for name, opt in optimizers.items():  # each optimizer steps the module of its name
-        load_optimizer_state(modules[name], opt, state["optimizers"][name])
+        module = accelerator.unwrap_model(modules[name])
+        load_optimizer_state(module, opt, state["optimizers"][name])
     rng = state["rng"]
     if len(rng) != accelerator.num_processes:
         log.warning(
@@ -418,13 +448,15 @@ class TrainingLoop:
             yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def mean_over_processes(self, logs: dict[str, float]) -> dict[str, float]:
-        """Each value averaged over the processes (their batches are equal in size): the loss
-        of the global batch, as one process given it would log. Every process calls this."""
+        """Each value averaged over the processes that logged it (their batches are equal in
+        size): the loss of the global batch, as one process given it would log. Every process
+        calls this."""
         if self.accelerator.num_processes == 1:
             return logs
-        values = torch.tensor(list(logs.values()), dtype=torch.float64)
-        mean = self.accelerator.reduce(values.to(self.accelerator.device), "mean")
-        return dict(zip(logs, mean.tolist(), strict=True))
+        every = gather_object([logs])  # a term may be missing on some (e.g. no labels there)
+        keys = dict.fromkeys(k for one in every for k in one)
+        return {k: sum(one[k] for one in every if k in one) / sum(k in one for one in every)
+                for k in keys}  # fmt: skip
 
     def saves_next(self) -> bool:
         """True when the step in progress (ended by the next ``end_step``) writes a checkpoint."""

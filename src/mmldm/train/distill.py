@@ -58,6 +58,7 @@ from mmldm.models.vae import decode as vae_decode
 from mmldm.models.vae import encode as vae_encode
 from mmldm.train.common import (
     TrainingLoop,
+    initial_weights,
     make_optimizer,
     start_clip_stage,
     train_step,
@@ -286,7 +287,8 @@ def _build_student(
             for unet in student.unets.values():
                 unet.enable_gradient_checkpointing()
         return student, Objective(student, lambda s, x: distill_loss(s, teacher, x, cfg))
-    student = TinyVAEDecoder(**tiny_vae_decoder_config(cfg)).to(device)
+    with initial_weights(cfg):  # the same on every process
+        student = TinyVAEDecoder(**tiny_vae_decoder_config(cfg)).to(device)
     return student, Objective(student, lambda s, x: distill_vae_loss(s, vae, x))
 
 
