@@ -178,20 +178,24 @@ def test_fsdp_generator_matches_one_process_and_resumes_exactly(
     """The DiT sharded over 2 processes (its DiTBlocks one unit each) trains as one process
     given the same global batch, and a run stopped at step 2 and resumed under FSDP ends
     where the uninterrupted one does, bit for bit (full weights and optimizer states saved)."""
-    one, fsdp, resumed = one_process_generator, tmp_path / "fsdp", tmp_path / "resumed"
+    one, fsdp = one_process_generator, tmp_path / "fsdp"
     half = [*_generator_args(trained), "--set", "train.generator.batch_size=2"]
     _fsdp("fsdp_generator.yaml", [*half, "--out", str(fsdp)])
-    _fsdp("fsdp_generator.yaml", [*half, "--out", str(resumed), "--max-steps", "2"])
+
+    def from_step_2(source, name):  # the run as if killed after its step-2 checkpoint
+        shutil.copytree(source, tmp_path / name)
+        shutil.rmtree(tmp_path / name / "checkpoints" / "step_00000004")
+        return tmp_path / name
+
+    resumed = from_step_2(fsdp, "resumed")
     _fsdp("fsdp_generator.yaml", ["train-generator", "--resume", str(resumed), "--max-steps", "4"])
     losses = [_losses(run) for run in (one, fsdp, resumed)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == losses[1]
     # checkpoints cross over: one process's resumes under FSDP, FSDP's on one process
-    for source, resume in ((one, _fsdp), (fsdp, None)):
-        crossed = tmp_path / f"crossed-{source.name}"
-        shutil.copytree(source, crossed)
-        shutil.rmtree(crossed / "checkpoints" / "step_00000004")
-        args = ["train-generator", "--resume", str(crossed), "--max-steps", "3", "-q"]
-        resume("fsdp_generator.yaml", args) if resume else _run(args)
+    to_fsdp, to_one = from_step_2(one, "to_fsdp"), from_step_2(fsdp, "to_one")
+    _fsdp("fsdp_generator.yaml", ["train-generator", "--resume", str(to_fsdp), "--max-steps", "3"])
+    _run(["train-generator", "--resume", str(to_one), "--max-steps", "3", "-q"])
+    for crossed in (to_fsdp, to_one):
         assert load_checkpoint(crossed).step == 3 and len(_losses(crossed)) == 3
     a, b, c = (load_checkpoint(run) for run in (one, fsdp, resumed))
     assert b.step == c.step == 4
