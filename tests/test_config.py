@@ -236,3 +236,13 @@ def test_mel_settings_are_defined_once():
     demo = load_config("demo").data
     assert demo.mel == MelSettings(sample_rate=16000, n_mels=64)
     assert {f.name for f in dataclasses.fields(MelSettings)} <= set(vars(demo))
+
+
+def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
+    """`mmldm demo --out demo` makes a folder named demo; --config demo is still the preset."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "mine").mkdir()
+    assert load_config("demo").name == "demo"
+    with pytest.raises(ConfigError, match="a folder of that name exists"):
+        load_config("mine")

@@ -265,3 +265,26 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
             assert torch.allclose(a.grad, b.grad, atol=1e-6), name
             grads += 1
     assert grads > 20
+
+
+def test_ema_warm_up_tracks_the_model_from_the_first_steps():
+    """With the warm-up the EMA follows a model that keeps moving; a constant 0.9999 would
+    still hold the random initial weights (closed forms: decay 0.1 at step 0, 0.5 at 8)."""
+    import copy
+
+    from mmldm.train.common import ema_decay_at, ema_update
+
+    assert ema_decay_at(0, 0.9999) == pytest.approx(0.1)
+    assert ema_decay_at(8, 0.9999) == pytest.approx(0.5)
+    assert ema_decay_at(10**6, 0.9999) == 0.9999 and ema_decay_at(10**6, 0.99) == 0.99
+    model = torch.nn.Linear(4, 4)
+    warm, constant = (copy.deepcopy(model).requires_grad_(False) for _ in range(2))
+    init = model.weight.detach().clone()
+    for step in range(200):
+        with torch.no_grad():
+            model.weight += 0.01  # the model moves by 2.0 in all
+        ema_update(warm, model, ema_decay_at(step, 0.9999))
+        ema_update(constant, model, 0.9999)
+    moved = (model.weight - init).abs().mean()
+    assert (warm.weight - model.weight).abs().mean() < 0.2 * moved
+    assert (constant.weight - init).abs().mean() < 0.05 * moved

@@ -253,6 +253,10 @@ def _model_options(p: argparse.ArgumentParser, generator: bool, autoencoder_help
     if generator:
         group.add_argument("--generator", help="generator run or checkpoint")
     group.add_argument("--autoencoder", help=autoencoder_help)
+    if generator:
+        group.add_argument(
+            "--no-ema", action="store_true", help="the generator's raw weights, not its EMA"
+        )
 
 
 def resolve_model(args: argparse.Namespace, required: bool = True) -> None:
@@ -466,6 +470,7 @@ def _load_pipeline(args: argparse.Namespace) -> MMLDMPipeline:
         vocoder=args.vocoder,
         decoder=args.decoder,
         vae_decoder=args.vae_decoder,
+        use_ema=not args.no_ema,
     )
 
 
@@ -503,7 +508,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
         labels=args.label,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
-        info={"model": args.model, "generator": args.generator, "autoencoder": args.autoencoder},
+        info={
+            "model": args.model,
+            "generator": args.generator,
+            "autoencoder": args.autoencoder,
+            "weights": "raw" if args.no_ema else "EMA where the generator has one",
+        },
         **{name: getattr(args, option) for option, name in _GENERATE_ARGS.items()},
     )
     log.info(

@@ -364,7 +364,7 @@ class StageTrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     grad_accum: int = 1
-    ema_decay: float = 0.0  # 0 keeps no EMA weights
+    ema_decay: float = 0.0  # 0 keeps no EMA weights; reached after a warm-up (ema_decay_at)
 
     def _validate(self, prefix: str) -> None:
         _positive(self, prefix, "batch_size", "lr", "max_steps", "grad_accum")
@@ -646,14 +646,17 @@ def list_presets() -> list[str]:
 def resolve_config_path(name_or_path: str) -> Path:
     """A YAML path, or the name of a preset (``tiny``, ``paper_landscape``, ...)."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         return path
+    # a preset name, even where a folder of that name exists (`mmldm demo --out demo`)
     preset = preset_dir() / f"{name_or_path}.yaml"
     if not preset.is_file():
+        folder = " (a folder of that name exists; a config is a YAML file)" if path.is_dir() else ""
         raise ConfigError(
-            f"no config file or preset named '{name_or_path}'; presets: {', '.join(list_presets())}"
+            f"no config file or preset named '{name_or_path}'{folder}; presets: "
+            f"{', '.join(list_presets())}"
         )
     return preset
 

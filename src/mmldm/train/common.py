@@ -304,6 +304,14 @@ def load_optimizer_state(module: nn.Module, opt: torch.optim.Optimizer, state: d
                     moments[key] = value.reshape(p.shape)
 
 
+def ema_decay_at(step: int, decay: float) -> float:
+    """The EMA decay after ``step`` optimizer steps: ``min(decay, (1 + step) / (10 + step))``,
+    the warm-up of diffusers' ``EMAModel``. A constant 0.9999 from step 0 would leave the random
+    initial weights 82% of the average at step 2k and 37% at 10k; with the warm-up the average
+    spans about a tenth of the steps so far until it reaches ``decay`` (0.9999: at 90k)."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """``ema = decay * ema + (1 - decay) * model``; under FSDP the EMA stays whole on every
     process and the model's shards are gathered for it (every process calls this)."""

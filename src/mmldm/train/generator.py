@@ -30,6 +30,7 @@ from mmldm.sampling import sample_latents
 from mmldm.train.common import (
     BatchRandom,
     TrainingLoop,
+    ema_decay_at,
     ema_update,
     initial_weights,
     make_accelerator,
@@ -131,7 +132,8 @@ def generator_step(
         step=step,
     )
     if ema is not None and accelerator.sync_gradients:
-        ema_update(ema, accelerator.unwrap_model(model), stage.ema_decay)
+        decay = ema_decay_at(step // stage.grad_accum, stage.ema_decay)  # warm-up
+        ema_update(ema, accelerator.unwrap_model(model), decay)
     return logs
 
 
