@@ -101,7 +101,7 @@ class LoadReport:
 def upgrade_state_dict(
     state_dict: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """A checkpoint before 0.3 in the module's current layout (``own``: its state dict): an
+    """An older checkpoint in the module's current layout (``own``: its state dict): an
     empty tensor holds no weights and is dropped (the DiT's context tokens when there are
     none); a scalar loads into a one-element parameter (the contrastive head's logit scale,
     1-D since FSDP shards no scalars). Anything else passes unchanged, to be reported."""
