@@ -58,9 +58,6 @@ GPUS = {"80 GB (A100 / H100)": 80e9, "141 GB (H200)": 141e9}
 BATCHES = range(1, 9)
 USABLE = 0.9  # of a GPU's memory, for what is not counted
 FSDP_GPUS = 8
-# the DiT's shard units in accelerate/fsdp_generator.yaml (the autoencoder's config shards each
-# model as one unit)
-DIT_UNITS = ("DiTBlock",)
 
 
 @dataclass
@@ -122,10 +119,9 @@ def set_checkpointing(model: nn.Module, on: bool) -> None:
         unet.enable_gradient_checkpointing() if on else unet.disable_gradient_checkpointing()
 
 
-def largest_block(model: nn.Module, names: tuple[str, ...]) -> int:
-    sizes = [
-        sum(p.numel() for p in m.parameters()) for m in model.modules() if type(m).__name__ in names
-    ]
+def largest_block(model: nn.Module, unit: type[nn.Module]) -> int:
+    """Parameters of the largest ``unit`` submodule (an FSDP shard unit)."""
+    sizes = [sum(p.numel() for p in m.parameters()) for m in model.modules() if isinstance(m, unit)]
     return max(sizes, default=0)
 
 
@@ -148,8 +144,7 @@ def generator_stage(cfg: Config) -> Stage:
         return generator_loss(dit, batch, cfg, abar, BatchRandom(0))[0]
 
     n = sum(p.numel() for p in dit.parameters())
-    block = largest_block(dit, DIT_UNITS)
-    assert isinstance(dit.blocks[0], DiTBlock)
+    block = largest_block(dit, DiTBlock)  # accelerate/fsdp_generator.yaml's shard unit
     return Stage("generator (DiT)", n, 0, n, block, measure(dit, forward))
 
 

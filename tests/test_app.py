@@ -43,7 +43,7 @@ def test_app_generates_a2v_from_an_upload_and_plays_it_with_sound(model, trained
             page.get_by_role("button", name="Generate").click()
             page.wait_for_selector("video[src]", timeout=120_000)
             results = page.evaluate(PROBE)
-            settings = page.get_by_text('"task"').first.inner_text()
+            assert page.get_by_text('"decoder_steps"').count() == 1  # the settings panel
             browser.close()
     finally:
         app.close()
@@ -51,7 +51,6 @@ def test_app_generates_a2v_from_an_upload_and_plays_it_with_sound(model, trained
     data = pipe.cfg.data
     assert results[0]["duration"] == pytest.approx(data.clip_seconds, abs=0.1)
     assert results[0]["videoBytes"] > 0 and results[0]["audioBytes"] > 0  # frames and AAC decode
-    assert "task" in settings
     written = list((tmp_path / "outputs").glob("a2v_seed0_*.mp4"))
     assert len(written) == 1
     info = probe(written[0])

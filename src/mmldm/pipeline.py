@@ -30,6 +30,7 @@ diffusers'.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 
 # diffusers' per-step callback: (pipe, step index, timestep, {"latents": x, "clip": k}) -> dict;
 # a "latents" entry in the returned dict replaces x.
-StepEndCallback = Any
+StepEndCallback = Callable[["MMLDMPipeline", int, int, dict[str, Any]], dict | None]
 
 
 class MMLDMPipeline:
