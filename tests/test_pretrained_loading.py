@@ -112,13 +112,15 @@ def test_vae_errors_name_the_file(tmp_path, cfg):
         load_vae(load_config("tiny", [f"vae.pretrained={tmp_path / 'eight'}"]).vae)
 
 
-def test_sd_unet_weights_load_into_the_decoder(tmp_path, cfg):
+def save_sd_unet(folder, cfg):
+    """A "Stable Diffusion" UNet of ``cfg.decoder``'s layout (no class embedding) saved as
+    diffusers saves SD's ``unet/`` folder; returns the model."""
     torch.manual_seed(0)
     from diffusers import UNet2DConditionModel
 
     d = cfg.decoder
     n = len(d.block_out_channels)
-    sd_unet = UNet2DConditionModel(  # a "Stable Diffusion" UNet: no class embedding
+    sd_unet = UNet2DConditionModel(
         sample_size=16,
         in_channels=4,
         out_channels=4,
@@ -130,7 +132,12 @@ def test_sd_unet_weights_load_into_the_decoder(tmp_path, cfg):
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
     )
-    sd_unet.save_pretrained(tmp_path / "sd" / "unet")
+    sd_unet.save_pretrained(folder / "unet")
+    return sd_unet
+
+
+def test_sd_unet_weights_load_into_the_decoder(tmp_path, cfg):
+    sd_unet = save_sd_unet(tmp_path / "sd", cfg)
     ours = build_unet(decoder_config(cfg))
     load_pretrained_unet(ours, tmp_path / "sd")
     for key, value in sd_unet.state_dict().items():
@@ -140,3 +147,63 @@ def test_sd_unet_weights_load_into_the_decoder(tmp_path, cfg):
     wider = build_unet(decoder_config(load_config("tiny", ["decoder.block_out_channels=[32,64]"])))
     with pytest.raises(CheckpointError, match="shape mismatch"):
         load_pretrained_unet(wider, tmp_path / "sd")
+
+
+# --------------------------------------------------------------------------------------------
+# starting weights: a missing SD part is refused, not trained from random weights silently
+# --------------------------------------------------------------------------------------------
+
+
+def _refusal(argv, capsys) -> str:
+    from mmldm.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line, no traceback
+    return err
+
+
+def test_paper_presets_refuse_to_start_without_the_sd_weights(tmp_path, capsys):
+    from mmldm.train.starting_weights import check_starting_weights, sd_unet_layout
+
+    base = ["--config", "paper_landscape", "--data", str(tmp_path / "data"), "-q"]
+    err = _refusal(["train-autoencoder", *base, "--out", str(tmp_path / "a")], capsys)
+    assert "--vae PATH" in err and "docs/weights.md" in err and "--allow-random-init" in err
+    err = _refusal(
+        ["train-autoencoder", *base, "--out", str(tmp_path / "b"), "--vae", "sd/vae"], capsys
+    )
+    assert "--unet PATH" in err and "decoder.pretrained_unet" in err
+    err = _refusal(["train-vae", *base, "--out", str(tmp_path / "c")], capsys)
+    assert "vae.train_decoder_only=false" in err and "--vae PATH" in err
+    assert not any((tmp_path / run / "checkpoints").exists() for run in "abc")
+
+    # what lets each start (the check itself: nothing is built)
+    paper = load_config("paper_landscape")
+    allowed = load_config("paper_landscape", ["train.allow_random_init=true"])
+    given = load_config("paper_aist", ["vae.pretrained=sd/vae", "decoder.pretrained_unet=sd"])
+    scratch_vae = load_config("paper_landscape", ["vae.train_decoder_only=false"])
+    for cfg, stage in ((allowed, "autoencoder"), (allowed, "vae"), (given, "autoencoder")):
+        check_starting_weights(cfg, stage)
+    check_starting_weights(scratch_vae, "vae")  # a whole VAE from scratch is asked for
+    check_starting_weights(paper, "generator")  # trains on cached latents: no SD part
+    # only SD's layout can take SD's UNet: other decoders start from random weights unasked
+    assert sd_unet_layout(paper.decoder) and sd_unet_layout(given.decoder)
+    assert not sd_unet_layout(load_config("demo").decoder)
+    check_starting_weights(load_config("demo", ["vae.pretrained=runs/vae"]), "autoencoder")
+
+
+def test_unet_flag_starts_the_signal_decoder_from_the_given_weights(tmp_path, trained, cfg):
+    from mmldm.cli import main
+    from mmldm.codec import Codec
+
+    sd_unet = save_sd_unet(tmp_path / "sd", cfg)
+    run = tmp_path / "ae"
+    argv = ["train-autoencoder", "--data", str(trained["synth"]), "--out", str(run)]
+    argv += ["--unet", str(tmp_path / "sd"), "--max-steps", "1", "--set", "train.sample_every=100"]
+    assert main([*argv, "--config", "tiny", "-q"]) == 0
+    assert f"pretrained_unet: {tmp_path / 'sd'}" in (run / "config.yaml").read_text()
+    (unet,) = Codec.load(run).autoencoder.decoder.unets.values()
+    ours = unet.state_dict()
+    # one AdamW step of lr 1e-3 moves a weight by about lr at most; random init by far more
+    moved = max((ours[k] - v).abs().max().item() for k, v in sd_unet.state_dict().items())
+    assert moved < 2.5e-3, moved

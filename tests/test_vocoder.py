@@ -148,9 +148,9 @@ def test_fold_weight_norm_matches_torch_for_conv_and_transposed_conv():
         # torch's own parametrization names fold the same way
         new_style = {f"m.{k}": v for k, v in module.state_dict().items()}
         torch.testing.assert_close(fold_weight_norm(new_style)["m.weight"], module.weight.detach())
-    with pytest.raises(ValueError, match="weight_v"):
+    with pytest.raises(CheckpointError, match="weight_v"):
         fold_weight_norm({"m.weight_g": torch.ones(4, 1, 1)})
-    with pytest.raises(ValueError, match="expected"):
+    with pytest.raises(CheckpointError, match="expected"):
         fold_weight_norm({"m.weight_g": torch.ones(1, 6, 1), "m.weight_v": torch.ones(4, 6, 5)})
 
 

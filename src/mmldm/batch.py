@@ -30,6 +30,7 @@ from mmldm.console import progress
 from mmldm.data.clips import frames_to_tensor_layout
 from mmldm.data.dataset import VIDEO_EXTENSIONS, DatasetError, decode_frames, read_manifest
 from mmldm.data.media import MediaError, read_audio, write_json
+from mmldm.errors import MMLDMError
 from mmldm.generation import save_generation
 from mmldm.tasks import task_spec
 
@@ -43,7 +44,7 @@ AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus"}
 MANIFEST_EXTENSIONS = {".csv", ".jsonl"}
 
 
-class ConditionError(ValueError):
+class ConditionError(MMLDMError, ValueError):
     """A condition source names nothing usable (a missing path, a folder without media)."""
 
 
@@ -210,7 +211,9 @@ def _plan(
         wanted = [_Item(f"{c.name}_{k:02d}", c, seed + j, j) for j, (c, k) in enumerate(pairs)]
     if labels is not None:
         if len(labels) not in (1, len(wanted)):
-            raise ValueError(f"{len(labels)} labels for {len(wanted)} outputs: give 1 or one each")
+            raise ConditionError(
+                f"{len(labels)} labels for {len(wanted)} outputs: give 1 or one each"
+            )
         per_output = labels * len(wanted) if len(labels) == 1 else labels
         wanted = [replace(w, label=y) for w, y in zip(wanted, per_output, strict=True)]
     report = BatchReport()

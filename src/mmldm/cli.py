@@ -23,11 +23,9 @@ from mmldm.config import (
     load_config,
 )
 from mmldm.console import setup_logging
-from mmldm.data.dataset import DatasetError
-from mmldm.data.media import MediaError
+from mmldm.errors import MMLDMError
 from mmldm.synthetic.classes import FAMILIES
 from mmldm.tasks import TASKS
-from mmldm.weights import CheckpointError
 
 if TYPE_CHECKING:  # annotations only: torch and the pipeline are imported by the commands
     from mmldm.pipeline import MMLDMPipeline
@@ -231,6 +229,18 @@ def _training_options(p: argparse.ArgumentParser, stage: str) -> None:
             help="KL-VAE weights: sets vae.pretrained (diffusers folder, single file or an "
             "mmldm train-vae run)",
         )
+        if stage == "autoencoder":
+            p.add_argument(
+                "--unet",
+                help="Stable Diffusion 1.x UNet (diffusers folder) to start the signal decoder "
+                "from: sets decoder.pretrained_unet",
+            )
+        p.add_argument(
+            "--allow-random-init",
+            action="store_true",
+            help="start from random weights where pretrained ones are missing (VAE, SD-layout "
+            "UNet) instead of refusing: sets train.allow_random_init",
+        )
     _run_options(p, stage)
     _config_options(p)
     _common(p)
@@ -304,8 +314,13 @@ def _training_setup(args: argparse.Namespace) -> tuple[Config, Path, str, str | 
     if not args.resume and not args.out:
         raise ConfigError("give --out RUN for a new run or --resume RUN")
     overrides = list(args.overrides)
-    if args.vae and not args.resume:
-        overrides.append(f"vae.pretrained={args.vae}")
+    if not args.resume:  # a resumed run keeps its stored config
+        flags = {
+            "vae.pretrained": getattr(args, "vae", None),
+            "decoder.pretrained_unet": getattr(args, "unet", None),
+            "train.allow_random_init": getattr(args, "allow_random_init", False) or None,
+        }
+        overrides += [f"{key}={value}" for key, value in flags.items() if value]
     cfg = run_config(run, args.config, overrides, resume=bool(args.resume))
     stored = run / "data.json"
     if args.resume and stored.is_file():
@@ -969,6 +984,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"mmldm {args.command}: config error: {err}", file=sys.stderr)
         return 2
-    except (CheckpointError, FileNotFoundError, MediaError, DatasetError) as err:
+    except (MMLDMError, FileNotFoundError) as err:  # the user's to fix: one line, no traceback
         print(f"mmldm {args.command}: error: {err}", file=sys.stderr)
         return 1

@@ -26,9 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from mmldm.audio.mel import MelSettings
+from mmldm.errors import MMLDMError
 
 
-class ConfigError(ValueError):
+class ConfigError(MMLDMError, ValueError):
     """A config file or override is invalid; the message names the key and its source."""
 
 
@@ -385,6 +386,9 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
     gradient_checkpointing: bool = False  # the DiT's blocks and the decoder UNet's
+    # train-vae / train-autoencoder refuse to start on a random frozen VAE or an SD-sized decoder
+    # UNet without its weights unless this says random weights are meant (train/starting_weights)
+    allow_random_init: bool = False
     # autoencoder training: keep the frozen VAE's posteriors of each clip in memory after its
     # first encoding (the VAE encode is a quarter of a demo step); for datasets that fit in RAM
     cache_vae_latents: bool = False

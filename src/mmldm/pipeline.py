@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from mmldm.audio.mel import audio_image
+from mmldm.batch import ConditionError
 from mmldm.checkpoint import check_made_from, load_checkpoint
 from mmldm.codec import Codec, DecodedClips
 from mmldm.config import Config
@@ -297,7 +298,7 @@ class MMLDMPipeline:
         if labels is None:
             return None
         if not self.dit.num_classes:
-            raise ValueError("this generator is not class-conditional (dit.class_conditional)")
+            raise ConditionError("this generator is not class-conditional (dit.class_conditional)")
         y = torch.tensor(labels, device=self.device)
         return y.expand(num) if len(labels) == 1 else y
 
@@ -315,7 +316,7 @@ class MMLDMPipeline:
             return {}
         signal = {"audio": audio, "video": video}[spec.given]
         if signal is None:
-            raise ValueError(f"task {task} needs --{spec.given}")
+            raise ConditionError(f"task {task} needs --{spec.given}")
         if spec.given == "audio":
             n = self.cfg.data.clip_samples
             signal = (signal if signal.dim() == 2 else signal[None])[:, :n]

@@ -18,10 +18,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from mmldm.errors import MMLDMError
+
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MMLDMError, RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the model it is loaded into."""
 
 

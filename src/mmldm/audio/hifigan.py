@@ -35,9 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmldm.errors import MMLDMError
 from mmldm.weights import CheckpointError, load_state_dict_file, load_weights
 
 log = logging.getLogger(__name__)
+
+
+class VocoderConfigError(MMLDMError, ValueError):
+    """A HiFi-GAN ``config.json`` that is malformed or describes another mel than the data's."""
+
 
 LRELU_SLOPE = 0.1  # inside the upsampling stages and residual blocks (the release's LRELU_SLOPE)
 FINAL_LRELU_SLOPE = 0.01  # before conv_post the release calls F.leaky_relu with its default slope
@@ -79,9 +85,11 @@ class HiFiGANConfig:
         self.resblock = str(self.resblock)  # tolerate "resblock": 1 written as a number
         where = self.source
         if self.resblock not in ("1", "2"):
-            raise ValueError(f'{where}: \'resblock\' must be "1" or "2", got {self.resblock!r}')
+            raise VocoderConfigError(
+                f'{where}: \'resblock\' must be "1" or "2", got {self.resblock!r}'
+            )
         if not self.upsample_rates or len(self.upsample_rates) != len(self.upsample_kernel_sizes):
-            raise ValueError(
+            raise VocoderConfigError(
                 f"{where}: 'upsample_rates' {self.upsample_rates} and 'upsample_kernel_sizes' "
                 f"{self.upsample_kernel_sizes} must be non-empty and of equal length"
             )
@@ -89,28 +97,30 @@ class HiFiGANConfig:
             # ConvTranspose1d output length is (T-1)u - 2((k-u)//2) + k, which equals T*u only
             # when k - u is even and non-negative.
             if u <= 0 or k < u or (k - u) % 2:
-                raise ValueError(
+                raise VocoderConfigError(
                     f"{where}: upsample kernel {k} with rate {u}: need k >= u and k - u even "
                     "so that each stage multiplies the length exactly by u"
                 )
         if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
-            raise ValueError(
+            raise VocoderConfigError(
                 f"{where}: 'resblock_kernel_sizes' and 'resblock_dilation_sizes' must have the "
                 "same length (one dilation list per kernel size)"
             )
         if not self.resblock_kernel_sizes:
-            raise ValueError(f"{where}: 'resblock_kernel_sizes' must not be empty")
+            raise VocoderConfigError(f"{where}: 'resblock_kernel_sizes' must not be empty")
         for k in self.resblock_kernel_sizes:
             if k % 2 == 0:
-                raise ValueError(f"{where}: resblock kernel sizes must be odd ('same'), got {k}")
+                raise VocoderConfigError(
+                    f"{where}: resblock kernel sizes must be odd ('same'), got {k}"
+                )
         channels = self.upsample_initial_channel >> len(self.upsample_rates)
         if channels < 1 or channels << len(self.upsample_rates) != self.upsample_initial_channel:
-            raise ValueError(
+            raise VocoderConfigError(
                 f"{where}: 'upsample_initial_channel' {self.upsample_initial_channel} must be "
                 f"divisible by 2^{len(self.upsample_rates)} (channels halve at every stage)"
             )
         if self.hop_size != math.prod(self.upsample_rates):
-            raise ValueError(
+            raise VocoderConfigError(
                 f"{where}: the product of 'upsample_rates' {self.upsample_rates} is "
                 f"{math.prod(self.upsample_rates)}, but 'hop_size' is {self.hop_size}; "
                 "the generator must output hop_size samples per mel frame"
@@ -138,7 +148,7 @@ class HiFiGANConfig:
         required = cls.required_keys()
         missing = [k for k in required if k not in values]
         if missing:
-            raise ValueError(
+            raise VocoderConfigError(
                 f"{source}: missing HiFi-GAN config key(s) {', '.join(missing)} "
                 f"(a generator config needs: {', '.join(required)})"
             )
@@ -156,7 +166,7 @@ class HiFiGANConfig:
                 kwargs[key] = int(kwargs[key])
             kwargs["sampling_rate"] = int(kwargs["sampling_rate"])
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{source}: malformed HiFi-GAN config value ({err})") from None
+            raise VocoderConfigError(f"{source}: malformed HiFi-GAN config value ({err})") from None
         return cls(**kwargs, source=source)
 
     @classmethod
@@ -173,9 +183,9 @@ class HiFiGANConfig:
         try:
             values = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not a valid JSON file ({err})") from None
+            raise VocoderConfigError(f"{path}: not a valid JSON file ({err})") from None
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a JSON object, got {type(values).__name__}")
+            raise VocoderConfigError(f"{path}: expected a JSON object, got {type(values).__name__}")
         return cls.from_dict(values, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,7 +201,9 @@ class HiFiGANConfig:
         """One of the published generator variants: "V1", "V2" or "V3" (a fresh copy)."""
         key = name.upper()
         if key not in PRESETS:
-            raise ValueError(f"unknown HiFi-GAN preset {name!r} (choose from {', '.join(PRESETS)})")
+            raise VocoderConfigError(
+                f"unknown HiFi-GAN preset {name!r} (choose from {', '.join(PRESETS)})"
+            )
         return cls.from_dict(json.loads(json.dumps(PRESETS[key])), source=f"HiFi-GAN {key}")
 
 
@@ -379,16 +391,18 @@ def fold_weight_norm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
                 name = key[: -len(g_suffix)]
                 v_key = name + v_suffix
                 if v_key not in state_dict:
-                    raise ValueError(f"weight norm: '{key}' has no matching '{v_key}'")
+                    raise CheckpointError(f"weight norm: '{key}' has no matching '{v_key}'")
                 v = state_dict[v_key]
                 expected = (v.shape[0],) + (1,) * (v.dim() - 1)
                 if tuple(value.shape) != expected:
-                    raise ValueError(
+                    raise CheckpointError(
                         f"weight norm: '{key}' has shape {tuple(value.shape)}, expected "
                         f"{expected} for '{v_key}' of shape {tuple(v.shape)} (norm over dim 0)"
                     )
                 if name + ".weight" in state_dict:
-                    raise ValueError(f"'{name}.weight' is present next to its weight-norm pair")
+                    raise CheckpointError(
+                        f"'{name}.weight' is present next to its weight-norm pair"
+                    )
                 v64 = v.to(torch.float64)
                 weight = value.to(torch.float64) * v64 / _norm_except_dim0(v64)
                 out[name + ".weight"] = weight.to(v.dtype)
@@ -397,7 +411,7 @@ def fold_weight_norm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
         if key in used:
             continue
         if key.endswith(tuple(pairs.values())):
-            raise ValueError(f"weight norm: '{key}' has no matching magnitude (g) tensor")
+            raise CheckpointError(f"weight norm: '{key}' has no matching magnitude (g) tensor")
         out[key] = value
     return out
 

@@ -19,6 +19,7 @@ from mmldm.audio.griffin_lim import griffin_lim, mel_to_linear
 from mmldm.audio.hifigan import (
     HiFiGANConfig,
     HiFiGANGenerator,
+    VocoderConfigError,
     load_hifigan,
     resolve_hifigan_files,
 )
@@ -121,7 +122,7 @@ def check_settings(config: HiFiGANConfig, settings: MelSettings, config_path: st
         if not same:
             differences.append(f"{key}={theirs!r} but data.{field_name}={ours!r}")
     if differences:
-        raise ValueError(
+        raise VocoderConfigError(
             f"HiFi-GAN config {config_path} does not match the data's mel settings: "
             + "; ".join(differences)
             + ". Set the data.* keys to the vocoder's values (resample the audio to its rate) "

@@ -47,6 +47,7 @@ from mmldm.data.clips import (
     resize_frames,
 )
 from mmldm.data.media import MediaError, probe, read_media
+from mmldm.errors import MMLDMError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".m
 SILENCE = 1e-5  # peak |x| below this is digital silence
 
 
-class DatasetError(ValueError):
+class DatasetError(MMLDMError, ValueError):
     """The dataset as a whole cannot be built (missing folder, no usable clip, bad manifest)."""
 
 

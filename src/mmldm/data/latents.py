@@ -27,10 +27,12 @@ import torch
 from safetensors import safe_open
 from torch.utils.data import Dataset
 
+from mmldm.errors import MMLDMError
+
 log = logging.getLogger(__name__)
 
 
-class LatentCacheError(ValueError):
+class LatentCacheError(MMLDMError, ValueError):
     """A latent cache is missing, incomplete, or belongs to another autoencoder."""
 
 

@@ -22,10 +22,12 @@ import av
 import numpy as np
 import soundfile
 
+from mmldm.errors import MMLDMError
+
 log = logging.getLogger(__name__)
 
 
-class MediaError(ValueError):
+class MediaError(MMLDMError, ValueError):
     """A media file is missing, unreadable, truncated, or lacks what was asked of it."""
 
     def __init__(self, path: str | Path, problem: str) -> None:

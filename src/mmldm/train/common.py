@@ -44,12 +44,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmldm.audio.mel import audio_image
 from mmldm.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from mmldm.config import Config, StageTrainConfig, load_config
+from mmldm.config import Config, ConfigError, StageTrainConfig, load_config
 from mmldm.console import progress
 from mmldm.data.media import write_video
 from mmldm.run import RunLogger
+from mmldm.train.starting_weights import check_starting_weights
 from mmldm.viz import save_grid
-from mmldm.weights import load_weights, upgrade_state_dict
+from mmldm.weights import CheckpointError, load_weights, upgrade_state_dict
 
 if TYPE_CHECKING:  # previews decode with a codec they are given
     from mmldm.codec import Codec
@@ -338,7 +339,7 @@ def resume_training(
         load_module_state(accelerator, module, ckpt.state_dict(name), str(ckpt.path))
     state = ckpt.training_state()
     if state is None:
-        raise ValueError(f"{ckpt.path}: no training state beside it, cannot resume")
+        raise CheckpointError(f"{ckpt.path}: no training state beside it, cannot resume")
     for name, opt in optimizers.items():  # each optimizer steps the module of its name
         module = accelerator.unwrap_model(modules[name])
         load_optimizer_state(module, opt, state["optimizers"][name])
@@ -371,6 +372,7 @@ def start_clip_stage(cfg: Config, stage: str, data, cache_dir) -> tuple[Accelera
     """How the stages that train on clips (vae, autoencoder, distill) start: the accelerator of
     the ``train.<stage>`` settings (:func:`make_accelerator`), then the clips of ``data``
     (:func:`training_dataset`, decoded into ``cache_dir`` first when one is given)."""
+    check_starting_weights(cfg, stage)  # before anything is built or read
     accelerator = make_accelerator(cfg, getattr(cfg.train, stage))
     return accelerator, training_dataset(data, cfg, cache_dir, accelerator)
 
@@ -560,7 +562,7 @@ def run_config(run: Path, config: str | None, overrides: list[str], resume: bool
         if not stored.is_file():
             raise FileNotFoundError(f"{run}: no config.yaml, not a run folder to resume")
         if config is not None or overrides:
-            raise ValueError("--resume continues a run with its own config: drop --config/--set")
+            raise ConfigError("--resume continues a run with its own config: drop --config/--set")
         return load_config(stored)
     return load_config(config, overrides)
 

@@ -262,7 +262,7 @@ def _load_teacher(
     if not resume:
         return codec, distill_config(codec.cfg, list(overrides or []), part), fingerprint
     if overrides:
-        raise ValueError("--resume continues a run with its own config: drop --set")
+        raise ConfigError("--resume continues a run with its own config: drop --set")
     cfg = load_config(run / "config.yaml")
     meta = read_metadata(resolve_checkpoint(run))  # the header only, not the weights
     saved = meta.get("mmldm.autoencoder_fingerprint")
