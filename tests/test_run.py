@@ -1,9 +1,13 @@
 import json
+import math
 
+import numpy as np
 import pytest
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
 
-from mmldm.config import load_config
-from mmldm.run import RunLogger, read_metrics
+from mmldm.config import ConfigError, load_config
+from mmldm.run import RunLogger, metric_curves, metrics_figure, plot_metrics, read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -13,6 +17,12 @@ def cfg():
     return load_config("tiny")
 
 
+def tracking(run, log_with="tensorboard"):
+    """An accelerator whose trackers write under ``run/logs`` (as make_accelerator's do)."""
+    project = ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs"))
+    return Accelerator(cpu=True, log_with=log_with, project_config=project)
+
+
 def _log_steps(logger, steps):
     for step in steps:
         logger.log(step, {"loss": 1.0 / step, "loss_mse": 0.5 / step, "lr": 1e-3})
@@ -20,7 +30,7 @@ def _log_steps(logger, steps):
 
 def test_run_folder_contents(tmp_path, cfg):
     run = tmp_path / "run"
-    with RunLogger(run, cfg, plot_every=2) as logger:
+    with RunLogger(run, cfg, plot_every=2, accelerator=tracking(run)) as logger:
         _log_steps(logger, range(1, 6))
     assert load_config(run / "config.yaml") == cfg
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -30,19 +40,90 @@ def test_run_folder_contents(tmp_path, cfg):
     seconds = [r["seconds"] for r in records]
     assert seconds == sorted(seconds) and seconds[0] >= 0
     assert (run / "loss.png").read_bytes()[:8] == PNG_MAGIC
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run / "logs" / "mmldm").glob("events.out.tfevents.*"))
 
 
 def test_tensorboard_events_hold_the_scalars(tmp_path, cfg):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    with RunLogger(tmp_path / "run", cfg) as logger:
-        _log_steps(logger, [1, 2, 3])
-    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    run = tmp_path / "run"
+    with RunLogger(run, cfg, accelerator=tracking(run), project="mmldm-vae") as logger:
+        _log_steps(logger, [1, 2, 3, 4])
+    with RunLogger(run, cfg, resume_step=2, accelerator=tracking(run), project="mmldm-vae") as lg:
+        _log_steps(lg, [3])  # resumed from step 2: the events of the lost steps 3-4 are purged
+    events = EventAccumulator(str(run / "logs" / "mmldm-vae"))
     events.Reload()
     assert {"loss", "loss_mse", "lr"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
     assert events.Scalars("loss")[1].value == pytest.approx(0.5)
+    # the resolved config is stored as the run's hyperparameters (dotted keys of scalars)
+    stored = sorted((run / "logs" / "mmldm-vae").glob("*/hparams.yml"))  # one per start
+    assert len(stored) == 2
+    text = stored[0].read_text()
+    assert "train.generator.ema_decay: 0.9" in text and "data.num_frames: 4" in text
+
+
+def test_trackers_that_cannot_run_are_refused_by_name(tmp_path):
+    import importlib.util
+
+    from mmldm.train.common import make_accelerator
+
+    def accelerator(names):
+        cfg = load_config("tiny", [f"train.log_with=[{','.join(names)}]"])
+        return make_accelerator(cfg, cfg.train.vae, tmp_path)
+
+    with pytest.raises(ConfigError, match="train.log_with.*nonsense"):
+        accelerator(["nonsense"])
+    absent = next(
+        name
+        for name in ("wandb", "comet_ml", "aim", "dvclive", "swanlab")
+        if importlib.util.find_spec(name) is None
+    )
+    with pytest.raises(ConfigError, match=f"{absent}, which is not installed"):
+        accelerator(["tensorboard", absent])
+    assert accelerator([]).log_with == []  # metrics.jsonl and loss.png only
+
+
+def test_launcher_precision_is_followed_unless_the_config_names_one(monkeypatch, caplog):
+    from mmldm.train.common import training_precision
+
+    auto, fp32 = load_config("tiny"), load_config("tiny", ["train.mixed_precision=no"])
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert training_precision(auto) == "no"  # python / torchrun on a CPU
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # accelerate launch --mixed_p...
+    assert training_precision(auto) == "bf16"
+    assert training_precision(fp32) == "no"
+    assert "train.mixed_precision=no (config) overrides the launcher's" in caplog.text
+
+
+def test_loss_plot_draws_the_logged_values_and_a_trend_that_follows_them(tmp_path):
+    """A small term falling a thousandfold in 300 logged steps, with noise: the plot's raw line
+    is exactly what was logged, and its trend stays within 30% of the noiseless curve from the
+    first step to the last (a running average from the first value stayed hundreds of times
+    above it)."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(1, 301)
+    trend = 1e-2 * np.exp(-steps / 300 * math.log(1000))
+    noisy = trend * np.exp(rng.normal(0, 0.3, len(steps)))
+    records = [{"step": int(s), "loss": 1.0, "kl": float(v)} for s, v in zip(steps, noisy)]
+    records[7]["kl"] = float("nan")  # left out, not plotted as a gap or a zero
+    curve = metric_curves(records)["kl"]
+    kept = [r for r in records if math.isfinite(r["kl"])]
+    assert curve.steps == [r["step"] for r in kept] and curve.values == [r["kl"] for r in kept]
+    assert curve.log_scale
+    ratio = np.asarray(curve.smooth) / np.delete(trend, 7)
+    assert ratio.max() < 1.3 and ratio.min() > 1 / 1.3, (ratio.min(), ratio.max())
+
+    fig = metrics_figure(records)
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    assert list(panels)[:2] == ["loss", "kl"]  # the total loss first
+    raw, smooth = panels["kl"].get_lines()
+    assert list(raw.get_ydata()) == curve.values and list(smooth.get_ydata()) == curve.smooth
+    assert panels["kl"].get_yscale() == "log"
+    line = panels["loss"].get_lines()[0]  # constant: no log scale
+    assert list(line.get_xdata()) == list(steps) and panels["loss"].get_yscale() == "linear"
+    plot_metrics(records, tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_resume_drops_records_after_the_checkpoint(tmp_path, cfg):

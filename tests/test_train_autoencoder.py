@@ -50,6 +50,7 @@ def test_train_autoencoder_cli_and_reconstruct(synth, tmp_path):
     ckpt = load_checkpoint(run, kind="autoencoder")
     assert ckpt.step == 2 and ckpt.modules == ["autoencoder", "discriminator", "vae"]
     assert (run / "loss.png").is_file() and (run / "metrics.jsonl").is_file()
+    assert list((run / "logs" / "mmldm-autoencoder").glob("events.out.tfevents.*"))  # trackers
     samples = run / "samples" / "step_00000002"  # reconstructions written while training
     assert (samples / "grid.png").read_bytes()[:4] == b"\x89PNG"
     assert probe(samples / "recon_0.mp4").has_audio

@@ -384,7 +384,12 @@ class TrainConfig:
     """Training loop settings; one StageTrainConfig per trained stage."""
 
     seed: int = 0
-    mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
+    # auto: the launcher's (accelerate launch --mixed_precision), else bf16 on GPU and fp32 on
+    # CPU | no | bf16 | fp16 (wins over the launcher's, with a warning)
+    mixed_precision: str = "auto"
+    # experiment trackers through accelerate: tensorboard, wandb, mlflow, comet_ml, aim,
+    # dvclive, ... ([] for none); metrics.jsonl and loss.png are always written
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
     gradient_checkpointing: bool = False  # the DiT's blocks and the decoder UNet's
     # train-vae / train-autoencoder refuse to start on a random frozen VAE or an SD-sized decoder
     # UNet without its weights unless this says random weights are meant (train/starting_weights)
@@ -415,6 +420,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.mixed_precision in ("False", "false"):  # YAML reads an unquoted `no` as false
+            self.mixed_precision = "no"
         _choice(self.mixed_precision, ("auto", "no", "bf16", "fp16"), "train.mixed_precision")
         _positive(self, "train", "log_every", "checkpoint_every", "sample_every")
         if self.keep_last < 0:

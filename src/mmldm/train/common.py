@@ -28,6 +28,7 @@ from accelerate.utils import (
     DistributedDataParallelKwargs,
     DistributedType,
     FullyShardedDataParallelPlugin,
+    ProjectConfiguration,
     gather_object,
     set_seed,
 )
@@ -58,19 +59,49 @@ if TYPE_CHECKING:  # previews decode with a codec they are given
 log = logging.getLogger(__name__)
 
 
-def make_accelerator(cfg: Config, stage: StageTrainConfig) -> Accelerator:
-    """One process, several GPUs / nodes (``accelerate launch``, torchrun) or 2 CPU processes."""
-    precision = cfg.train.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(
-        # without a GPU, say so: accelerate then runs torchrun / launch processes over gloo
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=precision,
-        gradient_accumulation_steps=stage.grad_accum,
-        # unused parameters are legitimate: e.g. the discriminator before it starts
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
+def training_precision(cfg: Config) -> str:
+    """The mixed precision a run trains in: ``train.mixed_precision``, where ``auto`` follows
+    the launcher (``accelerate launch --mixed_precision``, or its config file's, which it passes
+    on as ACCELERATE_MIXED_PRECISION) and, without one (python, torchrun), takes bf16 on a GPU
+    and fp32 on the CPU. A config value other than the launcher's wins, with a warning."""
+    asked = cfg.train.mixed_precision
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if asked == "auto":
+        return launcher or ("bf16" if torch.cuda.is_available() else "no")
+    if launcher is not None and launcher != asked:
+        log.warning(
+            "train.mixed_precision=%s (config) overrides the launcher's mixed precision %s; "
+            "set train.mixed_precision=auto to follow the launcher",
+            asked,
+            launcher,
+        )
+    return asked
+
+
+def make_accelerator(cfg: Config, stage: StageTrainConfig, run: Path) -> Accelerator:
+    """One process, several GPUs / nodes (``accelerate launch``, torchrun) or 2 CPU processes;
+    its trackers (``train.log_with``) write under ``run / "logs"``."""
+    project = ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs"))
+    try:
+        accelerator = Accelerator(
+            # without a GPU, say so: accelerate then runs torchrun / launch processes over gloo
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=training_precision(cfg),
+            gradient_accumulation_steps=stage.grad_accum,
+            log_with=list(cfg.train.log_with) or None,
+            project_config=project,
+            # unused parameters are legitimate: e.g. the discriminator before it starts
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+    except ValueError as err:  # an unknown tracker name
+        raise ConfigError(f"config key 'train.log_with': {err}") from None
+    found = {str(tracker) for tracker in accelerator.log_with}
+    missing = [name for name in cfg.train.log_with if name not in found and name != "all"]
+    if missing:  # accelerate drops a tracker whose package is missing without a word
+        raise ConfigError(
+            f"config key 'train.log_with' names {', '.join(missing)}, which is not installed "
+            f"here (pip install {' '.join(missing)}), or remove it"
+        )
     if (
         not torch.cuda.is_available()
         and accelerator.num_processes > 1
@@ -368,12 +399,14 @@ def training_dataset(data, cfg: Config, cache_dir, accelerator: Accelerator):
     return dataset
 
 
-def start_clip_stage(cfg: Config, stage: str, data, cache_dir) -> tuple[Accelerator, Dataset]:
+def start_clip_stage(
+    cfg: Config, stage: str, data, cache_dir, run: Path
+) -> tuple[Accelerator, Dataset]:
     """How the stages that train on clips (vae, autoencoder, distill) start: the accelerator of
     the ``train.<stage>`` settings (:func:`make_accelerator`), then the clips of ``data``
     (:func:`training_dataset`, decoded into ``cache_dir`` first when one is given)."""
     check_starting_weights(cfg, stage)  # before anything is built or read
-    accelerator = make_accelerator(cfg, getattr(cfg.train, stage))
+    accelerator = make_accelerator(cfg, getattr(cfg.train, stage), run)
     return accelerator, training_dataset(data, cfg, cache_dir, accelerator)
 
 
@@ -442,6 +475,8 @@ class TrainingLoop:
             cfg,
             resume_step=self.step if resume else None,
             main_process=accelerator.is_main_process,
+            accelerator=accelerator,
+            project=f"mmldm-{stage}",
         )
         self.clock = Throughput(self.step, self.total)
         self.bar = progress(total=self.total, initial=self.step, desc=stage)

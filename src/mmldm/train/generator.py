@@ -148,7 +148,7 @@ def train_generator(
     """Train the DiT on a latent cache into ``run``; returns the last checkpoint's folder."""
     run = Path(run)
     stage = cfg.train.generator
-    accelerator = make_accelerator(cfg, stage)
+    accelerator = make_accelerator(cfg, stage, run)
     dataset = LatentDataset(latents)
     check_latents_match(cfg, dataset)
     if cfg.dit.long and not any(p >= 0 for p in dataset.prev):
