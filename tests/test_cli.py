@@ -95,3 +95,30 @@ def test_config_command_prints_overrides_and_reports_errors(tmp_path, capsys):
     assert "unknown config key 'dit.dept'" in capsys.readouterr().err
     assert main(["config", "--list"]) == 0
     assert "paper_aist" in capsys.readouterr().out
+
+
+def test_user_errors_are_one_line_without_a_traceback(trained, tmp_path, capsys):
+    from mmldm.audio.hifigan import HiFiGANConfig
+
+    def one_line(argv: list[str], *expected: str) -> None:
+        assert main([*argv, "-q"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        for text in expected:
+            assert text in err, err
+
+    # a latent cache that cache-latents never finished (or never wrote)
+    (tmp_path / "half").mkdir()
+    argv = ["train-generator", "--config", "tiny", "--out", str(tmp_path / "gen")]
+    one_line([*argv, "--latents", str(tmp_path / "half")], "not a finished latent cache")
+    # a HiFi-GAN made for another mel (22.05 kHz) than the model's data (16 kHz); refused from
+    # its config.json before any weight is read
+    voc = tmp_path / "hifigan"
+    voc.mkdir()
+    HiFiGANConfig.preset("V1").to_json(voc / "config.json")
+    (voc / "generator_v1").write_bytes(b"")
+    runs = ["--generator", str(trained["gen"]), "--autoencoder", str(trained["ae"])]
+    sample = ["sample", *runs, "--task", "svg", "--out", str(tmp_path / "out")]
+    one_line([*sample, "--vocoder", str(voc)], "sampling_rate=22050", "data.sample_rate=16000")
+    # a condition the task needs, missing
+    one_line(["sample", *runs, "--task", "a2v", "--out", str(tmp_path / "o")], "needs --audio")

@@ -218,24 +218,6 @@ def test_every_task_writes_playable_mp4s(trained, tmp_path, task, given, clips):
         assert np.corrcoef(given_audio, got)[0, 1] > 0.9
 
 
-def test_sample_needs_its_condition(trained, tmp_path, capsys):
-    with pytest.raises(SystemExit, match="needs --audio"):
-        main(
-            [
-                "sample",
-                "--generator",
-                str(trained["gen"]),
-                "--autoencoder",
-                str(trained["ae"]),
-                "--task",
-                "a2v",
-                "--out",
-                str(tmp_path),
-                "-q",
-            ]
-        )
-
-
 def test_distilled_decoders_in_the_pipeline_and_the_cli(trained, tmp_path):
     """A few-step signal decoder and a tiny VAE decoder of the autoencoder: the pipeline decodes
     with both (2 unguided passes), the sample command takes them, its records say so."""

@@ -105,7 +105,9 @@ def test_loss_plot_draws_the_logged_values_and_a_trend_that_follows_them(tmp_pat
     steps = np.arange(1, 301)
     trend = 1e-2 * np.exp(-steps / 300 * math.log(1000))
     noisy = trend * np.exp(rng.normal(0, 0.3, len(steps)))
-    records = [{"step": int(s), "loss": 1.0, "kl": float(v)} for s, v in zip(steps, noisy)]
+    records = [
+        {"step": int(s), "loss": 1.0, "kl": float(v)} for s, v in zip(steps, noisy, strict=True)
+    ]
     records[7]["kl"] = float("nan")  # left out, not plotted as a gap or a zero
     curve = metric_curves(records)["kl"]
     kept = [r for r in records if math.isfinite(r["kl"])]

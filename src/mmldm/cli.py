@@ -506,7 +506,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     resolve_model(args)
     kind = TASKS[args.task].given  # the modality of the given clip, if the task takes one
     if kind and not getattr(args, kind):
-        raise SystemExit(f"mmldm sample: --task {args.task} needs --{kind} FILE|FOLDER|MANIFEST")
+        raise ConditionError(f"--task {args.task} needs --{kind} FILE|FOLDER|MANIFEST")
     try:  # before the models load: a wrong path fails at once
         conditions = find_conditions(getattr(args, kind), kind, args.start) if kind else None
     except ConditionError as err:
