@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import TINY
 from mmldm.checkpoint import CheckpointError, load_checkpoint
@@ -510,3 +511,36 @@ def test_every_command_takes_the_model_folder(model, trained, tmp_path, capsys):
     assert "--model replaces --generator" in capsys.readouterr().err
     assert main(["sample", "--task", "svg", "--out", str(out), "-q"]) == 2
     assert "give --model MODEL, or --generator RUN and --autoencoder RUN" in capsys.readouterr().err
+
+
+def test_set_changes_a_trained_models_runtime_settings_only(trained, tmp_path, capsys):
+    """``--set`` on sample, reconstruct and cache-latents: sampling settings, the vocoder and
+    data loader processes change; keys that shape the networks or the signals are refused."""
+    out = tmp_path / "s"
+    runs = ["--generator", str(trained["gen"]), "--autoencoder", str(trained["ae"])]
+    sample = ["sample", *runs, "--task", "svg", "--num", "1", "--out", str(out), "-q"]
+    assert main([*sample, "--set", "sample.steps=2", "--set", "sample.decoder_steps=1"]) == 0
+    settings = json.loads((out / "svg.json").read_text())["samples"][0]["settings"]
+    assert settings["steps"] == 2 and settings["decoder_steps"] == 1  # the presets say 5 / 5
+    video = next(Path(trained["synth"]).rglob("*.mp4"))
+    recon = ["reconstruct", "--autoencoder", str(trained["ae"]), "--input", str(video), "-q"]
+    assert main([*recon, "--out", str(tmp_path / "r.mp4"), "--set", "sample.decoder_steps=1"]) == 0
+    assert probe(tmp_path / "r.mp4").has_audio
+    capsys.readouterr()
+    for argv in (
+        ["sample", "--generator", str(trained["gen"]), "--task", "svg", "--set", "dit.depth=3"],
+        [*recon[:-1], "--set", "data.fps=5"],
+    ):
+        assert main([*argv, "--autoencoder", str(trained["ae"]), "--out", str(tmp_path / "x"),
+                     "-q"]) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert "a trained model keeps its architecture" in err and err.count("\n") == 1
+    # decoder processes read the clips for cache-latents: the same cache as without them
+    cache = ["cache-latents", "--autoencoder", str(trained["ae"]), "--data", str(trained["synth"])]
+    cache += ["--shard-size", "5", "--out", str(tmp_path / "lat"), "--set", "data.num_workers=2"]
+    assert main([*cache, "-q"]) == 0
+    for k in range(3):
+        ours = load_file(tmp_path / "lat" / shard_name(k))
+        theirs = load_file(trained["latents"] / shard_name(k))
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[key], theirs[key]) for key in ours)

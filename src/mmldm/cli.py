@@ -69,6 +69,21 @@ def _config_options(parser: argparse.ArgumentParser, default: str | None = None)
     )
 
 
+def _device_options(p: argparse.ArgumentParser, dtype: bool = False) -> None:
+    p.add_argument("--device", default="auto", help="auto (cuda if a GPU is seen), cpu, cuda:1")
+    if dtype:
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+
+def _settings_option(p: argparse.ArgumentParser) -> None:
+    """``--set`` of the commands that use a trained model: its runtime settings only."""
+    _overrides_option(
+        p,
+        "change a setting of the model's stored config (repeatable): sample.*, vocoder.*, "
+        "data.num_workers",
+    )
+
+
 def _overrides_option(container: argparse._ActionsContainer, help_text: str) -> None:
     """``--set KEY=VALUE`` (repeatable) into ``args.overrides``, [] when not given."""
     container.add_argument(
@@ -404,6 +419,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         decoder=args.decoder,
         vae_decoder=args.vae_decoder,
         vocoder=args.vocoder,
+        overrides=args.overrides,
     )
     cfg = codec.cfg
     frames, audio = decode_span(Path(args.input), cfg.data, args.start, cfg.data.clip_seconds)
@@ -453,6 +469,7 @@ def cmd_cache_latents(args: argparse.Namespace) -> int:
         rank=rank,
         world=world,
         cache_dir=args.cache,
+        overrides=args.overrides,
     )
     return 0
 
@@ -486,6 +503,7 @@ def _load_pipeline(args: argparse.Namespace) -> MMLDMPipeline:
         decoder=args.decoder,
         vae_decoder=args.vae_decoder,
         use_ema=not args.no_ema,
+        overrides=getattr(args, "overrides", ()),
     )
 
 
@@ -689,7 +707,8 @@ def _reconstruct_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output mp4")
     p.add_argument("--start", type=float, default=0.0, help="clip start in seconds")
     p.add_argument("--vocoder", help="HiFi-GAN folder (default vocoder.path of the checkpoint)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    _device_options(p)
+    _settings_option(p)
     p.add_argument(
         "--seed", type=int, default=0, help="output j of the batch is drawn from seed + j"
     )
@@ -703,7 +722,8 @@ def _cache_latents_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", help="decode cache folder (see mmldm preprocess)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--shard-size", type=int, default=256, help="clips per shard file")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    _device_options(p)
+    _settings_option(p)
     _common(p)
 
 
@@ -754,8 +774,8 @@ def _sample_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance-video", type=float, help="eq. 9 scale for generated video")
     p.add_argument("--batch-size", type=int, help="outputs per batch (default sample.batch_size)")
     p.add_argument("--vocoder", help="HiFi-GAN folder (default vocoder.path)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    _device_options(p, dtype=True)
+    _settings_option(p)
     _common(p)
 
 
@@ -784,8 +804,8 @@ def _app_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default local)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--outputs", help="folder for the generated mp4s (default: a temporary one)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    _device_options(p, dtype=True)
+    _settings_option(p)
     p.set_defaults(decoder=None, vae_decoder=None)  # the model's own (_load_pipeline)
     _common(p)
 
@@ -816,7 +836,7 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--num", type=int, default=2048, help="clips per side (paper: 2048)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu, ...")
     p.add_argument("--seed", type=int, default=0, help="which clips are drawn when subsampling")
     p.add_argument("--out", help="write the metrics and settings as JSON here")
     _config_options(p)
@@ -979,6 +999,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(verbose=args.verbose, quiet=args.quiet)
+    if getattr(args, "device", None) == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         return args.handler(args)
     except ConfigError as err:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from mmldm.checkpoint import (
     read_metadata,
     resolve_checkpoint,
 )
-from mmldm.config import Config, VAEConfig
+from mmldm.config import Config, VAEConfig, override_settings
 from mmldm.diffusion.sampling import (
     Generators,
     ModelFn,
@@ -570,6 +571,7 @@ class Codec:
         vae_decoder: str | Path | None = None,
         vocoder: str | Path | None = None,
         folder_decoders: bool = True,
+        overrides: Sequence[str] = (),
     ) -> Codec:
         """The codec of an autoencoder run, checkpoint folder or weights file, or of a model
         folder (``mmldm export``; its vocoder and distilled decoders too, unless given).
@@ -583,6 +585,9 @@ class Codec:
                 vocoder is loaded when first needed).
             folder_decoders: False: a model folder's distilled decoders are not loaded (its
                 autoencoder's own decoder and the KL-VAE's decode, e.g. as a teacher).
+            overrides: ``KEY=VALUE`` settings of its config to change (``sample.*``,
+                ``vocoder.*``, ``data.num_workers``: :func:`mmldm.config.override_settings`),
+                applied last, so over a distilled decoder's sampling settings too.
         """
         parts = containing_model(path)
         if parts is not None:  # its autoencoder, with its vocoder and distilled parts
@@ -598,6 +603,7 @@ class Codec:
         fingerprint = checkpoint_fingerprint(path) if decoder or vae_decoder else None
         if decoder is not None:
             cfg = load_distilled_decoder(model, cfg, decoder, path, fingerprint)
+        cfg = override_settings(cfg, overrides, source=f"the config of {ckpt.path}")
         for module in (model, vae):
             module.to(device).eval().requires_grad_(False)
             if dtype != torch.float32:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -706,6 +707,29 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
 def override_config(cfg: Config, overrides: list[str], source: str = "a stored config") -> Config:
     """``cfg`` with dotted overrides applied, validated like :func:`load_config`."""
     return _apply_overrides(OmegaConf.structured(cfg), overrides, source)
+
+
+# What may change in a trained model's config when it is used (sample, reconstruct,
+# cache-latents): how it samples, the vocoder, data loader processes. Nothing that shapes the
+# networks or the signals its latents encode.
+RUNTIME_KEYS = ("sample.", "vocoder.", "data.num_workers")
+
+
+def override_settings(
+    cfg: Config,
+    overrides: Sequence[str],
+    allowed: tuple[str, ...] = RUNTIME_KEYS,
+    source: str = "the checkpoint's config",
+) -> Config:
+    """:func:`override_config` limited to the keys under ``allowed``: a stored model's config
+    keeps everything else (ConfigError naming the key otherwise)."""
+    for item in overrides:
+        if not item.strip().startswith(allowed):
+            raise ConfigError(
+                f"--set {item}: a trained model keeps its architecture and data settings; only "
+                f"keys under {', '.join(allowed)} may be set"
+            )
+    return override_config(cfg, list(overrides), source) if overrides else cfg
 
 
 def _apply_overrides(node: DictConfig, overrides: list[str], source: str) -> Config:

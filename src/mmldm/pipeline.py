@@ -30,7 +30,7 @@ diffusers'.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from mmldm.audio.mel import audio_image
 from mmldm.batch import ConditionError
 from mmldm.checkpoint import check_made_from, load_checkpoint
 from mmldm.codec import Codec, DecodedClips
-from mmldm.config import Config
+from mmldm.config import Config, override_settings
 from mmldm.data.latents import LatentStats
 from mmldm.diffusion.sampling import Generators
 from mmldm.generation import MMLDMPipelineOutput, save_generation
@@ -79,6 +79,7 @@ class MMLDMPipeline:
         vae_decoder: str | Path | None = None,
         use_ema: bool = True,
         allow_foreign_autoencoder: bool = False,
+        overrides: Sequence[str] = (),
     ) -> MMLDMPipeline:
         """Load a model folder (``mmldm export``), or a generator run / checkpoint and, with
         ``autoencoder``, the autoencoder it was trained on.
@@ -90,6 +91,9 @@ class MMLDMPipeline:
                 decode with instead of its own (a model folder's ``decoder/`` by default).
             vae_decoder: a tiny VAE decoder (``mmldm distill-vae``) in place of the KL-VAE's
                 decoder (its encoder still encodes a2v / v2a conditions).
+            overrides: ``KEY=VALUE`` settings to change in the stored configs (``sample.*``,
+                ``vocoder.*``: :func:`mmldm.config.override_settings`), e.g.
+                ``["sample.eta=0.5", "sample.decoder_shared_noise=true"]``.
         """
         generator = pretrained
         if autoencoder is None:  # a model folder (its vocoder and decoders: Codec.load)
@@ -98,7 +102,7 @@ class MMLDMPipeline:
         elif (parts := containing_model(autoencoder)) is not None:
             autoencoder = parts.autoencoder  # the file whose fingerprint the generator names
         ckpt = load_checkpoint(generator, kind="generator")
-        cfg = ckpt.config
+        cfg = override_settings(ckpt.config, overrides, source=f"the config of {ckpt.path}")
         if not allow_foreign_autoencoder:
             check_made_from(ckpt, autoencoder)
         dit = MultiModalDiT(dit_config(cfg))
@@ -112,6 +116,7 @@ class MMLDMPipeline:
             decoder=decoder,
             vae_decoder=vae_decoder,
             vocoder=None if vocoder is None else str(vocoder),
+            overrides=overrides,
         )
         codec.get_vocoder()  # now: a wrong vocoder fails here, not after sampling
         dit.to(device, torch_dtype).eval().requires_grad_(False)

@@ -9,11 +9,13 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Subset
 
 from mmldm.checkpoint import checkpoint_fingerprint
 from mmldm.codec import Codec
@@ -110,10 +112,13 @@ def cache_latents(
     rank: int = 0,
     world: int = 1,
     cache_dir: str | Path | None = None,
+    overrides: Sequence[str] = (),
 ) -> Path:
-    """Encode every clip of ``data`` with the autoencoder of ``autoencoder`` into ``out``."""
+    """Encode every clip of ``data`` with the autoencoder of ``autoencoder`` into ``out``
+    (``overrides``: runtime settings of its config, e.g. ``data.num_workers=8``)."""
     out = Path(out)
-    codec = Codec.load(autoencoder, device=device, folder_decoders=False)  # encodes only
+    # encodes only: no distilled decoders
+    codec = Codec.load(autoencoder, device=device, folder_decoders=False, overrides=overrides)
     cfg = codec.cfg
     dataset = SoundingVideoDataset(data, cfg.data, cache_dir=cache_dir)
     meta = {
@@ -148,14 +153,25 @@ def cache_latents(
     return out
 
 
+def _as_list(items: list[dict]) -> list[dict]:
+    return items
+
+
 def _encode_shard(
     codec: Codec, dataset: SoundingVideoDataset, idx: list[int], batch_size: int, device: str
 ) -> tuple[dict[str, torch.Tensor], list[str], list[float]]:
     """Clips ``idx`` of ``dataset`` encoded in batches: (``{"z_a" [n, C, h_a, w_a], "z_v",
     "label" [n], "index" [n]}`` in float32 / long on the CPU, source paths, start seconds)."""
     za, zv, labels, sources, starts = [], [], [], [], []
-    for b in range(0, len(idx), batch_size):
-        items = [dataset[i] for i in idx[b : b + batch_size]]
+    # decoding the clips is most of the work: data.num_workers processes decode the next
+    # batches while this one encodes (in order: the shard is the same for any count)
+    loader = DataLoader(
+        Subset(dataset, idx),
+        batch_size=batch_size,
+        num_workers=codec.cfg.data.num_workers,
+        collate_fn=_as_list,
+    )
+    for items in loader:
         video = torch.stack([it["video"] for it in items]).to(device)
         audio = torch.stack([it["audio"] for it in items]).to(device)
         z_a, z_v = codec.encode(video, audio)

@@ -48,7 +48,7 @@ from mmldm.codec import (
     run_decoder_sampler,
     tiny_vae_decoder_config,
 )
-from mmldm.config import Config, ConfigError, load_config, override_config
+from mmldm.config import Config, ConfigError, load_config, override_config, override_settings
 from mmldm.diffusion.sampling import few_step_sample, few_step_timesteps
 from mmldm.diffusion.schedule import alphas_cumprod
 from mmldm.models.autoencoder import MultiModalAutoencoder
@@ -80,13 +80,7 @@ def distill_config(teacher: Config, overrides: list[str], part: str = "signal") 
     """The run's config: the autoencoder's, the overrides (``distill.*``, ``train.*``,
     ``sample.*`` only), and for the signal decoder the student's sampling settings (few_step,
     K steps, no guidance)."""
-    for item in overrides:
-        if not item.strip().startswith(DISTILL_KEYS):
-            raise ConfigError(
-                f"--set {item}: a distilled decoder keeps its autoencoder's architecture; only "
-                f"keys under {', '.join(DISTILL_KEYS)} may be set"
-            )
-    cfg = override_config(teacher, overrides, "the autoencoder's config")
+    cfg = override_settings(teacher, overrides, DISTILL_KEYS, "the autoencoder's config")
     if part == "vae":
         return cfg
     student = [
