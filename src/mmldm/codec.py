@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,9 +200,9 @@ def adopt_vae_scaling(cfg: Config, vae: AutoencoderKL) -> Config:
 
 
 def _from_single_file(path: Path, cfg: VAEConfig) -> AutoencoderKL:
-    """An original LDM / SD checkpoint file (VAE only or a whole pipeline)."""
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
+    """An original LDM / SD checkpoint file (VAE only or a whole pipeline). The file is read
+    here (safetensors, or ``torch.load(weights_only=True)``); its original key names are turned
+    into diffusers' by diffusers' public single-file loader, given ``cfg``'s architecture."""
     try:
         sd = load_state_dict_file(path, key="state_dict")
     except CheckpointError:
@@ -211,7 +212,19 @@ def _from_single_file(path: Path, cfg: VAEConfig) -> AutoencoderKL:
         sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     vae = build_vae(cfg)
     if not any(k.startswith("encoder.down_blocks.") for k in sd):  # original LDM key names
-        sd = convert_ldm_vae_checkpoint(sd, dict(vae.config))
+        with tempfile.TemporaryDirectory() as folder:
+            vae.save_config(folder)  # the architecture to convert to: no hub lookup
+            try:
+                converted = AutoencoderKL.from_single_file(sd, config=folder, local_files_only=True)
+            except (KeyError, NotImplementedError, RuntimeError, ValueError) as err:
+                raise CheckpointError(
+                    f"{path}: not a complete original KL-VAE of the vae.* architecture "
+                    f"({type(err).__name__}: {str(err)[:200]})"
+                ) from None
+        unused = len(sd) - len(converted.state_dict())
+        if unused > 0:
+            log.warning("%s: %d tensors of the file are not the VAE's, ignored", path, unused)
+        sd = converted.state_dict()
     load_weights(vae, sd, source=str(path))
     return vae
 

@@ -48,18 +48,22 @@ class TinyVAEDecoder(torch.nn.Module):
         """``downsample``: the KL-VAE's factor f; ``width`` channels and ``depth`` blocks per
         level (distill.vae_width, distill.vae_depth)."""
         super().__init__()
-        from diffusers.models.autoencoders.vae import DecoderTiny
+        from diffusers import AutoencoderTiny
 
         levels = int(math.log2(downsample)) + 1  # x2 upsampling between levels
-        self.decoder = DecoderTiny(
-            in_channels=latent_channels,
+        # the decoder of diffusers' public AutoencoderTiny (its DecoderTiny; the encoder, one
+        # block per level, is dropped at once)
+        self.decoder = AutoencoderTiny(
             out_channels=3,
-            num_blocks=(depth,) * (levels - 1) + (1,),
-            block_out_channels=(width,) * levels,
+            latent_channels=latent_channels,
+            encoder_block_out_channels=(width,) * levels,
+            num_encoder_blocks=(1,) * levels,
+            decoder_block_out_channels=(width,) * levels,
+            num_decoder_blocks=(depth,) * (levels - 1) + (1,),
             upsampling_scaling_factor=2,
             act_fn="relu",
             upsample_fn="nearest",
-        )
+        ).decoder
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents ``[N, C, h, w]`` -> images ``[N, 3, f h, f w]`` in [-1, 1]."""
