@@ -97,6 +97,11 @@ def test_vae_from_original_single_file(tmp_path, cfg, fmt):
         save_file({k: v.contiguous() for k, v in full.items()}, str(path))
     loaded = load_vae(load_config("tiny", [f"vae.pretrained={path}"]).vae)
     assert _same_outputs(vae, loaded)
+    if fmt == "safetensors":  # a file that lacks a tensor of the VAE is refused by name
+        del full["first_stage_model.decoder.up.0.block.0.conv1.weight"]
+        save_file({k: v.contiguous() for k, v in full.items()}, str(path))
+        with pytest.raises(CheckpointError, match=f"{path}: not a complete original KL-VAE"):
+            load_vae(load_config("tiny", [f"vae.pretrained={path}"]).vae)
 
 
 def test_vae_errors_name_the_file(tmp_path, cfg):
