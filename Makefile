@@ -1,6 +1,8 @@
 # Two targets do all the set-up on a fresh machine, and are idempotent:
 #   make demo   create .venv if needed, install mmldm, run the demo
 #   make test   the same set-up, then ruff and pytest
+# and one checks the oldest supported dependencies (pyproject.toml's floors):
+#   make test-floors   a second venv (.venv-floors) pinned by constraints-floors.txt, pytest
 # CPU machines pin torch through constraints-cpu.txt; on a GPU machine use
 #   make test CONSTRAINTS=   (or install into your own environment: pip install -e ".[dev]")
 
@@ -10,7 +12,7 @@ CONSTRAINTS ?= constraints-cpu.txt
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mmldm-installed
 
-.PHONY: demo test install system-deps clean
+.PHONY: demo test test-floors install system-deps clean
 
 install: $(STAMP)
 
@@ -30,7 +32,7 @@ system-deps:
 	fi
 
 $(BIN)/python:
-	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "mmldm needs Python >= 3.10"'
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mmldm needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
 
 # Re-installs only when the dependency list or the constraints change.
@@ -43,8 +45,21 @@ test: $(STAMP) system-deps
 	$(BIN)/ruff format --check src tests benchmarks
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
+FLOORS_VENV := .venv-floors
+FLOORS_STAMP := $(FLOORS_VENV)/.mmldm-installed
+
+$(FLOORS_STAMP): pyproject.toml constraints-floors.txt $(wildcard $(CONSTRAINTS))
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) \
+	  -c constraints-floors.txt -e . "pytest>=8"
+	touch $(FLOORS_STAMP)
+
+# The browser tests skip there (no playwright / gradio: the app extra has its own floor).
+test-floors: $(FLOORS_STAMP) system-deps
+	HF_HUB_OFFLINE=1 $(FLOORS_VENV)/bin/python -m pytest -q -p no:cacheprovider
+
 demo: $(STAMP)
 	$(BIN)/mmldm demo --out runs/demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
+	rm -rf $(VENV) $(FLOORS_VENV) .pytest_cache .ruff_cache src/*.egg-info

@@ -1,5 +1,6 @@
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -49,6 +50,9 @@ def test_tensorboard_events_hold_the_scalars(tmp_path, cfg):
     run = tmp_path / "run"
     with RunLogger(run, cfg, accelerator=tracking(run), project="mmldm-vae") as logger:
         _log_steps(logger, [1, 2, 3, 4])
+    # TensorBoard reads event files in the order of their names, which start with the second
+    # they were opened in (then host, pid, a per-process count): a resumed run opens it later
+    time.sleep(1.1)
     with RunLogger(run, cfg, resume_step=2, accelerator=tracking(run), project="mmldm-vae") as lg:
         _log_steps(lg, [3])  # resumed from step 2: the events of the lost steps 3-4 are purged
     events = EventAccumulator(str(run / "logs" / "mmldm-vae"))
