@@ -121,11 +121,7 @@ class MMLDMPipeline:
         codec.get_vocoder()  # now: a wrong vocoder fails here, not after sampling
         dit.to(device, torch_dtype).eval().requires_grad_(False)
         log.info(
-            "generator %s (step %d, %s weights), autoencoder %s",
-            ckpt.path,
-            ckpt.step,
-            name,
-            autoencoder,
+            "generator %s (step %d, %s), autoencoder %s", ckpt.path, ckpt.step, name, autoencoder
         )
         return cls(dit, stats, codec, cfg)
 
