@@ -544,3 +544,25 @@ def test_set_changes_a_trained_models_runtime_settings_only(trained, tmp_path, c
         theirs = load_file(trained["latents"] / shard_name(k))
         assert ours.keys() == theirs.keys()
         assert all(torch.equal(ours[key], theirs[key]) for key in ours)
+
+
+def test_cache_latents_loader_errors_stay_one_line():
+    """A clip that fails to decode in a loader process: torch puts that process's traceback
+    into the message; the error reaches the command line as its own one line again."""
+    from torch.utils.data import DataLoader
+
+    from mmldm.data.cache_latents import _as_list, _rethrown
+    from mmldm.data.dataset import DatasetError
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            raise DatasetError("data/clip.mp4: truncated: 3 of 16 frames")
+
+    for workers in (0, 1):
+        loader = DataLoader(Broken(), batch_size=1, num_workers=workers, collate_fn=_as_list)
+        with pytest.raises(DatasetError) as err:
+            list(_rethrown(loader))
+        assert str(err.value) == "data/clip.mp4: truncated: 3 of 16 frames"

@@ -604,7 +604,8 @@ class Codec:
         """
         parts = containing_model(path)
         if parts is not None:  # its autoencoder, with its vocoder and distilled parts
-            path, vocoder = parts.autoencoder, vocoder or parts.vocoder
+            own = any(o.strip().startswith("vocoder.path=") for o in overrides)  # --set wins
+            path, vocoder = parts.autoencoder, vocoder or (None if own else parts.vocoder)
             if folder_decoders:
                 decoder, vae_decoder = decoder or parts.decoder, vae_decoder or parts.vae_decoder
         ckpt = load_checkpoint(path, kind="autoencoder")

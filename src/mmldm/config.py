@@ -724,7 +724,8 @@ def override_settings(
     """:func:`override_config` limited to the keys under ``allowed``: a stored model's config
     keeps everything else (ConfigError naming the key otherwise)."""
     for item in overrides:
-        if not item.strip().startswith(allowed):
+        key = item.split("=", 1)[0].strip()
+        if not any(key == a or (a.endswith(".") and key.startswith(a)) for a in allowed):
             raise ConfigError(
                 f"--set {item}: a trained model keeps its architecture and data settings; only "
                 f"keys under {', '.join(allowed)} may be set"

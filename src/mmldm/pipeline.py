@@ -92,7 +92,7 @@ class MMLDMPipeline:
             vae_decoder: a tiny VAE decoder (``mmldm distill-vae``) in place of the KL-VAE's
                 decoder (its encoder still encodes a2v / v2a conditions).
             overrides: ``KEY=VALUE`` settings to change in the stored configs (``sample.*``,
-                ``vocoder.*``: :func:`mmldm.config.override_settings`), e.g.
+                ``vocoder.*``, ``data.num_workers``: :func:`mmldm.config.override_settings`), e.g.
                 ``["sample.eta=0.5", "sample.decoder_shared_noise=true"]``.
         """
         generator = pretrained

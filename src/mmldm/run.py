@@ -7,8 +7,9 @@ trackers of ``train.log_with`` through accelerate (TensorBoard by default; wandb
         config.yaml        the resolved config of the run
         metrics.jsonl      one JSON object per logged step: step, each loss term, lr, seconds
         loss.png           loss curves, refreshed while training
-        logs/mmldm-STAGE/  TensorBoard events (``tensorboard --logdir RUN``) and the files of
-                           other local trackers
+        logs/mmldm-STAGE/  TensorBoard events (``tensorboard --logdir RUN``); wandb's files
+                           go to logs/ (trackers given no folder by accelerate, such as
+                           MLflow, write where their own settings say)
         checkpoints/       see mmldm.checkpoint
 """
 
@@ -82,6 +83,7 @@ class RunLogger:
         self._offset = self.records[-1]["seconds"] if self.records else 0.0
         self._start = time.perf_counter()
         if self.accelerator is not None:
+            (self.root / "logs").mkdir(exist_ok=True)  # wandb writes there, whatever starts first
             kwargs = self._tracker_kwargs(resume_step)
             self.accelerator.init_trackers(project, tracker_config(config), init_kwargs=kwargs)
 
@@ -186,19 +188,20 @@ class Curve:
 
 
 def smooth_curve(values: Sequence[float], log_scale: bool) -> list[float]:
-    """A centred moving average over about 5% of the points (at least 5), shrunk to stay
-    symmetric at both ends, of the logarithms when the panel is log-scaled (a geometric mean).
+    """A centred moving average over about 5% of the points (at least 5; cut at both ends),
+    of the logarithms when the panel is log-scaled (a geometric mean).
 
-    Centred, it has no lag: a running average (an EMA) trails a falling loss by its whole time
-    constant, and drew small, fast-falling terms up to hundreds of times above their logged
-    values. Of logarithms, an exponential decay is followed exactly."""
+    Centred, it has no lag away from the ends: a running average (an EMA) trails a falling loss
+    by its whole time constant, and drew small, fast-falling terms up to hundreds of times above
+    their logged values. Of logarithms, an exponential decay is followed exactly but for the
+    last and first few points (a lag of a quarter window at most)."""
     x = np.log(np.asarray(values, dtype=np.float64)) if log_scale else np.asarray(values, float)
     half = max(2, len(x) // 40)
     sums = np.concatenate([[0.0], np.cumsum(x)])
     out = []
     for i in range(len(x)):
-        h = min(half, i, len(x) - 1 - i)  # symmetric window: [i - h, i + h]
-        out.append((sums[i + h + 1] - sums[i - h]) / (2 * h + 1))
+        lo, hi = max(0, i - half), min(len(x), i + half + 1)  # window [lo, hi)
+        out.append((sums[hi] - sums[lo]) / (hi - lo))
     return np.exp(out).tolist() if log_scale else [float(v) for v in out]
 
 

@@ -487,7 +487,7 @@ def load_hifigan(path: str | Path) -> tuple[HiFiGANGenerator, HiFiGANConfig]:
     state_dict = load_state_dict_file(generator_path, key=key)
     try:
         state_dict = fold_weight_norm(state_dict)
-    except ValueError as err:
+    except CheckpointError as err:  # the tensor's name: now the file's too
         raise CheckpointError(f"{generator_path}: {err}") from None
     model = HiFiGANGenerator(config)
     load_weights(model, state_dict, strict=True, source=str(generator_path))

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from mmldm.console import progress
 from mmldm.data.dataset import SoundingVideoDataset
 from mmldm.data.latents import LatentCacheError, shard_name
 from mmldm.data.media import write_json
+from mmldm.errors import MMLDMError
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,18 @@ def _as_list(items: list[dict]) -> list[dict]:
     return items
 
 
+def _rethrown(loader: DataLoader) -> Iterator[list[dict]]:
+    """The loader's batches; a user error raised in a loader process comes back with that
+    process's traceback in its message: it is raised again with its own one line."""
+    try:
+        yield from loader
+    except MMLDMError as err:
+        lines = str(err).strip().splitlines()  # [..., "mmldm....DatasetError: <message>"]
+        if len(lines) == 1:  # raised in this process
+            raise
+        raise type(err)(lines[-1].split(": ", 1)[-1]) from None
+
+
 def _encode_shard(
     codec: Codec, dataset: SoundingVideoDataset, idx: list[int], batch_size: int, device: str
 ) -> tuple[dict[str, torch.Tensor], list[str], list[float]]:
@@ -171,7 +184,7 @@ def _encode_shard(
         num_workers=codec.cfg.data.num_workers,
         collate_fn=_as_list,
     )
-    for items in loader:
+    for items in _rethrown(loader):
         video = torch.stack([it["video"] for it in items]).to(device)
         audio = torch.stack([it["audio"] for it in items]).to(device)
         z_a, z_v = codec.encode(video, audio)

@@ -349,7 +349,7 @@ def train_autoencoder(
 ) -> Path:
     """Train stage 1 into the run folder ``run``; returns the last checkpoint's folder."""
     run = Path(run)
-    accelerator, dataset = start_clip_stage(cfg, "autoencoder", data, cache_dir, run)
+    accelerator, dataset = start_clip_stage(cfg, "autoencoder", data, cache_dir, run, resume)
     vae = load_vae(cfg.vae).to(accelerator.device).eval().requires_grad_(False)
     cfg = adopt_vae_scaling(cfg, vae)  # stored in every checkpoint: sampling rebuilds the VAE
     with initial_weights(cfg):

@@ -59,49 +59,67 @@ if TYPE_CHECKING:  # previews decode with a codec they are given
 log = logging.getLogger(__name__)
 
 
-def training_precision(cfg: Config) -> str:
-    """The mixed precision a run trains in: ``train.mixed_precision``, where ``auto`` follows
-    the launcher (``accelerate launch --mixed_precision``, or its config file's, which it passes
-    on as ACCELERATE_MIXED_PRECISION) and, without one (python, torchrun), takes bf16 on a GPU
-    and fp32 on the CPU. A config value other than the launcher's wins, with a warning."""
+def training_precision(cfg: Config) -> tuple[str, str | None]:
+    """(the mixed precision a run trains in, a warning or None).
+
+    ``train.mixed_precision`` wins when it names one. ``auto`` follows a launcher that asks for
+    reduced precision (``accelerate launch --mixed_precision bf16``, or its config file's: it
+    passes it on as ACCELERATE_MIXED_PRECISION), and otherwise takes bf16 on a GPU and fp32 on
+    the CPU: ``accelerate launch`` without the flag says "no" too, so "no" from the launcher
+    cannot mean fp32 on purpose (``train.mixed_precision=no`` does)."""
     asked = cfg.train.mixed_precision
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
     if asked == "auto":
-        return launcher or ("bf16" if torch.cuda.is_available() else "no")
-    if launcher is not None and launcher != asked:
-        log.warning(
-            "train.mixed_precision=%s (config) overrides the launcher's mixed precision %s; "
-            "set train.mixed_precision=auto to follow the launcher",
-            asked,
-            launcher,
+        if launcher not in (None, "no"):
+            return launcher, None
+        return ("bf16" if torch.cuda.is_available() else "no"), None
+    if launcher not in (None, asked):
+        return asked, (
+            f"train.mixed_precision={asked} (config) overrides the launcher's mixed precision "
+            f"{launcher}; set train.mixed_precision=auto to follow the launcher"
         )
-    return asked
+    return asked, None
+
+
+def check_trackers(names: list[str]) -> None:
+    """ConfigError naming a ``train.log_with`` tracker that accelerate does not know or whose
+    package is not installed (accelerate itself drops those without a word)."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+    from accelerate.utils import LoggerType
+
+    available = {str(t) for t in get_available_trackers()}
+    for name in names:
+        if name != "all" and name not in LOGGER_TYPE_TO_CLASS:
+            raise ConfigError(
+                f"config key 'train.log_with': unknown tracker {name!r} (one of "
+                f"{', '.join(LoggerType.list())})"
+            )
+        if name != "all" and name not in available:
+            raise ConfigError(
+                f"config key 'train.log_with' names {name}, which is not installed here "
+                f"(pip install {name}), or remove it"
+            )
 
 
 def make_accelerator(cfg: Config, stage: StageTrainConfig, run: Path) -> Accelerator:
     """One process, several GPUs / nodes (``accelerate launch``, torchrun) or 2 CPU processes;
     its trackers (``train.log_with``) write under ``run / "logs"``."""
-    project = ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs"))
-    try:
-        accelerator = Accelerator(
-            # without a GPU, say so: accelerate then runs torchrun / launch processes over gloo
-            cpu=not torch.cuda.is_available(),
-            mixed_precision=training_precision(cfg),
-            gradient_accumulation_steps=stage.grad_accum,
-            log_with=list(cfg.train.log_with) or None,
-            project_config=project,
-            # unused parameters are legitimate: e.g. the discriminator before it starts
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-        )
-    except ValueError as err:  # an unknown tracker name
-        raise ConfigError(f"config key 'train.log_with': {err}") from None
-    found = {str(tracker) for tracker in accelerator.log_with}
-    missing = [name for name in cfg.train.log_with if name not in found and name != "all"]
-    if missing:  # accelerate drops a tracker whose package is missing without a word
-        raise ConfigError(
-            f"config key 'train.log_with' names {', '.join(missing)}, which is not installed "
-            f"here (pip install {' '.join(missing)}), or remove it"
-        )
+    check_trackers(cfg.train.log_with)
+    precision, warning = training_precision(cfg)
+    accelerator = Accelerator(
+        # without a GPU, say so: accelerate then runs torchrun / launch processes over gloo
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=precision,
+        gradient_accumulation_steps=stage.grad_accum,
+        log_with=list(cfg.train.log_with) or None,
+        project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")),
+        # unused parameters are legitimate: e.g. the discriminator before it starts
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    if accelerator.is_main_process:
+        if warning:
+            log.warning(warning)
+        log.info("mixed precision: %s", accelerator.mixed_precision)
     if (
         not torch.cuda.is_available()
         and accelerator.num_processes > 1
@@ -400,12 +418,13 @@ def training_dataset(data, cfg: Config, cache_dir, accelerator: Accelerator):
 
 
 def start_clip_stage(
-    cfg: Config, stage: str, data, cache_dir, run: Path
+    cfg: Config, stage: str, data, cache_dir, run: Path, resume: bool
 ) -> tuple[Accelerator, Dataset]:
     """How the stages that train on clips (vae, autoencoder, distill) start: the accelerator of
     the ``train.<stage>`` settings (:func:`make_accelerator`), then the clips of ``data``
     (:func:`training_dataset`, decoded into ``cache_dir`` first when one is given)."""
-    check_starting_weights(cfg, stage)  # before anything is built or read
+    if not resume:  # a resumed run's weights come from its checkpoint
+        check_starting_weights(cfg, stage)  # before anything is built or read
     accelerator = make_accelerator(cfg, getattr(cfg.train, stage), run)
     return accelerator, training_dataset(data, cfg, cache_dir, accelerator)
 

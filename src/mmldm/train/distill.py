@@ -207,7 +207,7 @@ def distill_decoder(
         raise ValueError(f"unknown part {part!r} ({' | '.join(PARTS)})")
     run = Path(run)
     codec, cfg, fingerprint = _load_teacher(autoencoder, run, part, overrides, resume)
-    accelerator, dataset = start_clip_stage(cfg, "distill", data, cache_dir, run)
+    accelerator, dataset = start_clip_stage(cfg, "distill", data, cache_dir, run, resume)
     # the teacher and its VAE on the device first: the student is a copy of the teacher's decoder
     codec.autoencoder.to(accelerator.device)
     codec.vae.to(accelerator.device)

@@ -121,7 +121,7 @@ def train_vae(
 ) -> Path:
     """Train stage 0 into ``run``; returns the last checkpoint's folder."""
     run = Path(run)
-    accelerator, dataset = start_clip_stage(cfg, "vae", data, cache_dir, run)
+    accelerator, dataset = start_clip_stage(cfg, "vae", data, cache_dir, run, resume)
     with initial_weights(cfg):
         vae = load_vae(cfg.vae)
     cfg = adopt_vae_scaling(cfg, vae)
