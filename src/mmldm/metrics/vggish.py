@@ -309,8 +309,10 @@ class VGGish(nn.Module):
 def _numpy_safe_globals() -> list:
     """The numpy callables needed to unpickle plain numeric arrays (no code): torchvggish's PCA
     file stores numpy arrays, which ``torch.load(weights_only=True)`` refuses by default."""
-    core = getattr(np, "_core", None) or np.core
-    reconstruct = core.multiarray._reconstruct
+    try:  # numpy 2; numpy 1.x has a bare numpy._core (torch imports it) without multiarray
+        from numpy._core.multiarray import _reconstruct as reconstruct
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct as reconstruct
     entries: list = [np.ndarray, np.dtype, reconstruct]
     for name in ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct"):
         entries.append((reconstruct, name))
