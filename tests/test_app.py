@@ -1,6 +1,7 @@
 """`mmldm app`: the Gradio page served on localhost and driven in Debian's headless Chromium as
 a user would: pick a2v, upload a clip, generate, and a video with sound plays."""
 
+import json
 import shutil
 
 import pytest
@@ -80,3 +81,29 @@ def test_only_the_app_imports_gradio():
             if any(name.split(".")[0] == "gradio" for name in names):
                 importers.append(path.name)
     assert importers == ["app.py"]
+
+
+def test_class_names_of_the_training_data_reach_the_app_and_sample_label(trained, tmp_path):
+    import gradio as gr
+
+    from mmldm.app import build_app
+    from mmldm.pipeline import MMLDMPipeline
+
+    gen = tmp_path / "gen"  # a class-conditional generator of the tiny latent cache
+    args = ["train-generator", "--latents", str(trained["latents"]), "--out", str(gen)]
+    args += ["--max-steps", "1", "--set", "dit.class_conditional=true", "--config", "tiny"]
+    assert main([*args, "-q"]) == 0
+    pipe = MMLDMPipeline.from_pretrained(gen, autoencoder=trained["ae"])
+    folders = sorted(p.name for p in trained["synth"].iterdir() if p.is_dir())
+    assert pipe.class_names == folders and pipe.dit.num_classes == len(folders)
+    app = build_app(pipe, tmp_path)
+    (dropdown,) = [b for b in app.blocks.values() if isinstance(b, gr.Dropdown)]
+    assert [tuple(c) for c in dropdown.choices] == [(name, i) for i, name in enumerate(folders)]
+    # and `sample --label` takes a name as well as an index
+    out = tmp_path / "s"
+    args = ["sample", "--generator", str(gen), "--autoencoder", str(trained["ae"]), "--task"]
+    args += ["svg", "--num", "2", "--steps", "1", "--out", str(out), "-q", "--label"]
+    assert main([*args, folders[1], "0"]) == 0
+    records = json.loads((out / "svg.json").read_text())["samples"]
+    assert [r["class_index"] for r in records] == [1, 0]
+    assert main([*args, "purple", "--out", str(tmp_path / "t")]) == 1  # not a class: one line

@@ -104,7 +104,7 @@ def build_app(pipe: MMLDMPipeline, outputs: Path) -> gr.Blocks:
                 guidance_audio = gr.Number(sc.guidance_audio, label="guidance for audio (eq. 9)")
                 guidance_video = gr.Number(sc.guidance_video, label="guidance for video (eq. 9)")
                 label = gr.Dropdown(
-                    list(range(classes)),
+                    [(name, i) for i, name in enumerate(pipe.class_names)],
                     value=0 if classes else None,
                     label="class",
                     visible=bool(classes),

@@ -525,11 +525,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     kind = TASKS[args.task].given  # the modality of the given clip, if the task takes one
     if kind and not getattr(args, kind):
         raise ConditionError(f"--task {args.task} needs --{kind} FILE|FOLDER|MANIFEST")
-    try:  # before the models load: a wrong path fails at once
-        conditions = find_conditions(getattr(args, kind), kind, args.start) if kind else None
-    except ConditionError as err:
-        print(f"mmldm sample: error: {err}", file=sys.stderr)
-        return 1
+    # before the models load: a wrong path fails at once
+    conditions = find_conditions(getattr(args, kind), kind, args.start) if kind else None
     pipe = _load_pipeline(args)
     report = sample_batch(
         pipe,
@@ -538,7 +535,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         args.out,
         num=args.num if args.num is not None else (1 if kind else 4),
         seed=args.seed,
-        labels=args.label,
+        labels=None if args.label is None else [pipe.class_index(y) for y in args.label],
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         info={
@@ -761,9 +758,9 @@ def _sample_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clips", type=int, help="clips of long / continuation outputs")
     p.add_argument(
         "--label",
-        type=int,
         nargs="+",
-        help="class-conditional models: one class for all outputs, or one per output",
+        help="class-conditional models: one class (its index or name) for all outputs, or one "
+        "per output",
     )
     p.add_argument(
         "--seed", type=int, default=0, help="output j of the batch is drawn from seed + j"

@@ -29,6 +29,7 @@ diffusers'.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,10 +62,22 @@ StepEndCallback = Callable[["MMLDMPipeline", int, int, dict[str, Any]], dict | N
 class MMLDMPipeline:
     """The generator (DiT and its latent statistics) and the codec of the autoencoder its
     latents came from; ``cfg`` is the generator's config (its data / autoencoder sections are
-    the codec's)."""
+    the codec's). ``class_names[i]``: the name of class ``i`` of the training data (as the
+    checkpoint recorded them; the index as text when it did not), the labels a
+    class-conditional generator takes."""
 
-    def __init__(self, dit: MultiModalDiT, stats: LatentStats, codec: Codec, cfg: Config) -> None:
+    def __init__(
+        self,
+        dit: MultiModalDiT,
+        stats: LatentStats,
+        codec: Codec,
+        cfg: Config,
+        class_names: list[str] | None = None,
+    ) -> None:
         self.dit, self.stats, self.codec, self.cfg = dit, stats, codec, cfg
+        n = cfg.data.num_classes
+        recorded = class_names if class_names and len(class_names) == n else None
+        self.class_names = recorded or [str(i) for i in range(n)]
 
     @classmethod
     def from_pretrained(
@@ -123,7 +136,16 @@ class MMLDMPipeline:
         log.info(
             "generator %s (step %d, %s), autoencoder %s", ckpt.path, ckpt.step, name, autoencoder
         )
-        return cls(dit, stats, codec, cfg)
+        names = json.loads(ckpt.metadata.get("mmldm.data_classes", "[]"))
+        return cls(dit, stats, codec, cfg, names)
+
+    def class_index(self, label: int | str) -> int:
+        """A class given by its index or by its name in :attr:`class_names`."""
+        if isinstance(label, int) or str(label).isdigit():
+            return int(label)
+        if label not in self.class_names:
+            raise ConditionError(f"unknown class {label!r}: one of {', '.join(self.class_names)}")
+        return self.class_names.index(label)
 
     def to(
         self,
