@@ -261,6 +261,13 @@ def test_distilled_decoders_in_the_pipeline_and_the_cli(trained, tmp_path):
     own = Codec.load(tmp_path / "m" / "autoencoder", folder_decoders=False)
     assert own.cfg.sample == load_checkpoint(trained["ae"]).config.sample
     assert own.vae_decoder is None
+    # and sample can decode with the full decoder instead (--no-distilled)
+    sample = ["sample", "--model", str(tmp_path / "m"), "--task", "svg", "--num", "1", "-q"]
+    for flags, sampler in (([], "few_step"), (["--no-distilled"], "ddim")):
+        out = tmp_path / f"full{len(flags)}"
+        assert main([*sample, "--out", str(out), "--steps", "1", *flags]) == 0
+        record = json.loads((out / "svg.json").read_text())["samples"][0]["settings"]
+        assert record["decoder_sampler"] == sampler
 
 
 # --------------------------------------------------------------------------------------------

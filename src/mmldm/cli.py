@@ -317,6 +317,12 @@ def _decoder_options(p: argparse.ArgumentParser) -> None:
         "--vae-decoder",
         help="a tiny VAE decoder of the autoencoder (mmldm distill-vae run or checkpoint)",
     )
+    p.add_argument(
+        "--no-distilled",
+        action="store_true",
+        help="decode with the autoencoder's own decoder and the KL-VAE's even when the model "
+        "folder ships distilled ones",
+    )
 
 
 def _training_setup(args: argparse.Namespace) -> tuple[Config, Path, str, str | None]:
@@ -419,6 +425,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         decoder=args.decoder,
         vae_decoder=args.vae_decoder,
         vocoder=args.vocoder,
+        folder_decoders=not args.no_distilled,
         overrides=args.overrides,
     )
     cfg = codec.cfg
@@ -503,6 +510,7 @@ def _load_pipeline(args: argparse.Namespace) -> MMLDMPipeline:
         decoder=args.decoder,
         vae_decoder=args.vae_decoder,
         use_ema=not args.no_ema,
+        distilled=not args.no_distilled,
         overrides=getattr(args, "overrides", ()),
     )
 
@@ -803,7 +811,7 @@ def _app_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outputs", help="folder for the generated mp4s (default: a temporary one)")
     _device_options(p, dtype=True)
     _settings_option(p)
-    p.set_defaults(decoder=None, vae_decoder=None)  # the model's own (_load_pipeline)
+    p.set_defaults(decoder=None, vae_decoder=None, no_distilled=False)  # the model's own
     _common(p)
 
 

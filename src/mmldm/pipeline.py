@@ -39,7 +39,7 @@ import torch
 
 from mmldm.audio.mel import audio_image
 from mmldm.batch import ConditionError
-from mmldm.checkpoint import check_made_from, load_checkpoint
+from mmldm.checkpoint import Checkpoint, check_made_from, load_checkpoint
 from mmldm.codec import Codec, DecodedClips
 from mmldm.config import Config, override_settings
 from mmldm.data.latents import LatentStats
@@ -57,6 +57,15 @@ log = logging.getLogger(__name__)
 # diffusers' per-step callback: (pipe, step index, timestep, {"latents": x, "clip": k}) -> dict;
 # a "latents" entry in the returned dict replaces x.
 StepEndCallback = Callable[["MMLDMPipeline", int, int, dict[str, Any]], dict | None]
+
+
+def _generator_dit(ckpt: Checkpoint, cfg: Config, use_ema: bool) -> tuple[MultiModalDiT, str]:
+    """The DiT of a generator checkpoint with its EMA weights ("ema") when it has them and
+    ``use_ema``, else its raw ones ("dit"); and which of the two it holds."""
+    dit = MultiModalDiT(dit_config(cfg))
+    name = "ema" if use_ema and "ema" in ckpt.modules else "dit"
+    load_weights(dit, ckpt.state_dict(name), source=f"{ckpt.path} [{name}]")
+    return dit, name
 
 
 class MMLDMPipeline:
@@ -92,6 +101,7 @@ class MMLDMPipeline:
         vae_decoder: str | Path | None = None,
         use_ema: bool = True,
         allow_foreign_autoencoder: bool = False,
+        distilled: bool = True,
         overrides: Sequence[str] = (),
     ) -> MMLDMPipeline:
         """Load a model folder (``mmldm export``), or a generator run / checkpoint and, with
@@ -104,9 +114,10 @@ class MMLDMPipeline:
                 decode with instead of its own (a model folder's ``decoder/`` by default).
             vae_decoder: a tiny VAE decoder (``mmldm distill-vae``) in place of the KL-VAE's
                 decoder (its encoder still encodes a2v / v2a conditions).
-            overrides: ``KEY=VALUE`` settings to change in the stored configs (``sample.*``,
-                ``vocoder.*``, ``data.num_workers``: :func:`mmldm.config.override_settings`), e.g.
-                ``["sample.eta=0.5", "sample.decoder_shared_noise=true"]``.
+            distilled: False: a model folder's distilled decoders are not used (the
+                autoencoder's own guided decoder and the KL-VAE's decode).
+            overrides: ``KEY=VALUE`` settings to change in the stored configs, e.g.
+                ``["sample.eta=0.5"]`` (:func:`mmldm.config.override_settings`).
         """
         generator = pretrained
         if autoencoder is None:  # a model folder (its vocoder and decoders: Codec.load)
@@ -118,9 +129,7 @@ class MMLDMPipeline:
         cfg = override_settings(ckpt.config, overrides, source=f"the config of {ckpt.path}")
         if not allow_foreign_autoencoder:
             check_made_from(ckpt, autoencoder)
-        dit = MultiModalDiT(dit_config(cfg))
-        name = "ema" if use_ema and "ema" in ckpt.modules else "dit"
-        load_weights(dit, ckpt.state_dict(name), source=f"{ckpt.path} [{name}]")
+        dit, name = _generator_dit(ckpt, cfg, use_ema)
         stats = LatentStats.from_state_dict(ckpt.state_dict("latent_stats"))
         codec = Codec.load(
             autoencoder,
@@ -129,6 +138,7 @@ class MMLDMPipeline:
             decoder=decoder,
             vae_decoder=vae_decoder,
             vocoder=None if vocoder is None else str(vocoder),
+            folder_decoders=distilled,
             overrides=overrides,
         )
         codec.get_vocoder()  # now: a wrong vocoder fails here, not after sampling
@@ -136,8 +146,9 @@ class MMLDMPipeline:
         log.info(
             "generator %s (step %d, %s), autoencoder %s", ckpt.path, ckpt.step, name, autoencoder
         )
-        names = json.loads(ckpt.metadata.get("mmldm.data_classes", "[]"))
-        return cls(dit, stats, codec, cfg, names)
+        return cls(
+            dit, stats, codec, cfg, json.loads(ckpt.metadata.get("mmldm.data_classes", "[]"))
+        )
 
     def class_index(self, label: int | str) -> int:
         """A class given by its index or by its name in :attr:`class_names`."""
