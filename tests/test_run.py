@@ -67,6 +67,14 @@ def test_tensorboard_events_hold_the_scalars(tmp_path, cfg):
     assert "train.generator.ema_decay: 0.9" in text and "data.num_frames: 4" in text
 
 
+def test_a_resumed_run_continues_its_wandb_run(tmp_path):
+    from mmldm.run import wandb_run
+
+    first, again = wandb_run(tmp_path / "run"), wandb_run(tmp_path / "run")
+    assert first == again and first["resume"] == "allow" and first["name"] == "run"
+    assert wandb_run(tmp_path / "other")["id"] != first["id"]
+
+
 def test_trackers_that_cannot_run_are_refused_by_name(tmp_path):
     import importlib.util
 

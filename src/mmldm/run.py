@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,13 +90,17 @@ class RunLogger:
 
     def _tracker_kwargs(self, resume_step: int | None) -> dict[str, dict[str, Any]]:
         """Each tracker's own arguments: TensorBoard drops the events a killed run wrote after
-        its last checkpoint; the others name the run after its folder."""
+        its last checkpoint; wandb continues the same run; the others name the run after its
+        folder."""
         purge = {} if resume_step is None else {"purge_step": resume_step + 1}
-        return {
+        kwargs: dict[str, dict[str, Any]] = {
             "tensorboard": purge,
-            "wandb": {"name": self.root.name, "dir": str(self.root / "logs")},
             "mlflow": {"run_name": self.root.name},
         }
+        assert self.accelerator is not None
+        if "wandb" in {str(tracker) for tracker in self.accelerator.log_with}:
+            kwargs["wandb"] = wandb_run(self.root)
+        return kwargs
 
     @property
     def elapsed(self) -> float:
@@ -145,6 +150,18 @@ class RunLogger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def wandb_run(root: Path) -> dict[str, str]:
+    """wandb's ``init`` arguments for the run folder ``root``: named after it, its files in
+    ``root/logs``, and one run id kept in ``root/logs/wandb_id`` so that a resumed run goes on
+    logging to the same wandb run."""
+    path = root / "logs" / "wandb_id"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(uuid.uuid4().hex[:16])
+    run_id = path.read_text().strip()
+    return {"name": root.name, "dir": str(root / "logs"), "id": run_id, "resume": "allow"}
 
 
 def tracker_config(cfg: Config) -> dict[str, bool | int | float | str]:
