@@ -107,3 +107,5 @@ def test_class_names_of_the_training_data_reach_the_app_and_sample_label(trained
     records = json.loads((out / "svg.json").read_text())["samples"]
     assert [r["class_index"] for r in records] == [1, 0]
     assert main([*args, "purple", "--out", str(tmp_path / "t")]) == 1  # not a class: one line
+    assert main([*args, "3", "--out", str(tmp_path / "u")]) == 1  # 3 classes: 0..2
+    assert pipe.class_index("1") == 1 and pipe.class_index(folders[2]) == 2

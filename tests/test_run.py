@@ -70,9 +70,12 @@ def test_tensorboard_events_hold_the_scalars(tmp_path, cfg):
 def test_a_resumed_run_continues_its_wandb_run(tmp_path):
     from mmldm.run import wandb_run
 
-    first, again = wandb_run(tmp_path / "run"), wandb_run(tmp_path / "run")
-    assert first == again and first["resume"] == "allow" and first["name"] == "run"
-    assert wandb_run(tmp_path / "other")["id"] != first["id"]
+    first = wandb_run(tmp_path / "run", new=True)
+    resumed = wandb_run(tmp_path / "run", new=False)
+    assert resumed == first and first["resume"] == "allow" and first["name"] == "run"
+    assert wandb_run(tmp_path / "run", new=True)["id"] != first["id"]  # a new run, same folder
+    (tmp_path / "run" / "logs" / "wandb_id").write_text("")  # killed while writing it
+    assert wandb_run(tmp_path / "run", new=False)["id"]
 
 
 def test_trackers_that_cannot_run_are_refused_by_name(tmp_path):

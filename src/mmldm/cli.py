@@ -320,8 +320,8 @@ def _decoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-distilled",
         action="store_true",
-        help="decode with the autoencoder's own decoder and the KL-VAE's even when the model "
-        "folder ships distilled ones",
+        help="do not use the distilled decoders a model folder ships (the autoencoder's own "
+        "decoder and the KL-VAE's decode); --decoder / --vae-decoder still apply",
     )
 
 

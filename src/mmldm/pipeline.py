@@ -151,12 +151,15 @@ class MMLDMPipeline:
         )
 
     def class_index(self, label: int | str) -> int:
-        """A class given by its index or by its name in :attr:`class_names`."""
-        if isinstance(label, int) or str(label).isdigit():
+        """A class given by its name in :attr:`class_names` (first: classes may be named "1",
+        "10", ...) or by its index (checked against the generator when sampling)."""
+        if not self.dit.num_classes:
+            raise ConditionError("this generator is not class-conditional (dit.class_conditional)")
+        if str(label) in self.class_names:
+            return self.class_names.index(str(label))
+        if isinstance(label, int) or str(label).isdecimal():
             return int(label)
-        if label not in self.class_names:
-            raise ConditionError(f"unknown class {label!r}: one of {', '.join(self.class_names)}")
-        return self.class_names.index(label)
+        raise ConditionError(f"unknown class {label!r}: one of {', '.join(self.class_names)}")
 
     def to(
         self,
@@ -333,6 +336,11 @@ class MMLDMPipeline:
             return None
         if not self.dit.num_classes:
             raise ConditionError("this generator is not class-conditional (dit.class_conditional)")
+        outside = [y for y in labels if not 0 <= int(y) < self.dit.num_classes]
+        if outside:  # the DiT would read them as "no class" or as another class
+            raise ConditionError(
+                f"class {outside[0]} is not one of this generator's 0..{self.dit.num_classes - 1}"
+            )
         y = torch.tensor(labels, device=self.device)
         return y.expand(num) if len(labels) == 1 else y
 

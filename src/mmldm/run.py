@@ -99,7 +99,7 @@ class RunLogger:
         }
         assert self.accelerator is not None
         if "wandb" in {str(tracker) for tracker in self.accelerator.log_with}:
-            kwargs["wandb"] = wandb_run(self.root)
+            kwargs["wandb"] = wandb_run(self.root, new=resume_step is None)
         return kwargs
 
     @property
@@ -152,12 +152,15 @@ class RunLogger:
         self.close()
 
 
-def wandb_run(root: Path) -> dict[str, str]:
+def wandb_run(root: Path, new: bool) -> dict[str, str]:
     """wandb's ``init`` arguments for the run folder ``root``: named after it, its files in
-    ``root/logs``, and one run id kept in ``root/logs/wandb_id`` so that a resumed run goes on
-    logging to the same wandb run."""
+    ``root/logs``, and a run id kept in ``root/logs/wandb_id``: a new id for a ``new`` run, the
+    kept one when resuming, so that a resumed run goes on logging to the same wandb run (wandb
+    keeps the steps a killed run logged after its last checkpoint; the resumed run's repeats of
+    them are dropped)."""
     path = root / "logs" / "wandb_id"
-    if not path.is_file():
+    kept = path.read_text().strip() if path.is_file() else ""
+    if new or not kept:  # also a file left empty by a kill
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(uuid.uuid4().hex[:16])
     run_id = path.read_text().strip()
