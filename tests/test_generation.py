@@ -484,6 +484,10 @@ def test_model_folder_loads_as_the_runs_do(model, trained, pipe):
         trained["gen"], autoencoder=trained["ae"], vocoder=model / "vocoder"
     )
     assert folder.codec.get_vocoder().kind == "hifigan"
+    assert str(folder.codec.vocoder.source).startswith(str(model / "vocoder"))
+    other = _hifigan(model.parent / "other_hifigan", 16000)  # --set vocoder.path beats it
+    chosen = MMLDMPipeline.from_pretrained(model, overrides=[f"vocoder.path={other}"])
+    assert str(chosen.codec.vocoder.source).startswith(str(other))
     a = folder("a2v", 2, audio=torch.zeros(6400), num_inference_steps=2, seed=1)
     b = runs("a2v", 2, audio=torch.zeros(6400), num_inference_steps=2, seed=1)
     assert torch.equal(a.frames, b.frames) and torch.equal(a.audio, b.audio)

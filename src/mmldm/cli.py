@@ -841,7 +841,7 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--num", type=int, default=2048, help="clips per side (paper: 2048)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu, ...")
+    _device_options(p)
     p.add_argument("--seed", type=int, default=0, help="which clips are drawn when subsampling")
     p.add_argument("--out", help="write the metrics and settings as JSON here")
     _config_options(p)

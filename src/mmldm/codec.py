@@ -604,8 +604,7 @@ class Codec:
         """
         parts = containing_model(path)
         if parts is not None:  # its autoencoder, with its vocoder and distilled parts
-            own = any(o.strip().startswith("vocoder.path=") for o in overrides)  # --set wins
-            path, vocoder = parts.autoencoder, vocoder or (None if own else parts.vocoder)
+            path = parts.autoencoder
             if folder_decoders:
                 decoder, vae_decoder = decoder or parts.decoder, vae_decoder or parts.vae_decoder
         ckpt = load_checkpoint(path, kind="autoencoder")
@@ -618,6 +617,8 @@ class Codec:
         if decoder is not None:
             cfg = load_distilled_decoder(model, cfg, decoder, path, fingerprint)
         cfg = override_settings(cfg, overrides, source=f"the config of {ckpt.path}")
+        if parts is not None and vocoder is None and cfg.vocoder.path == ckpt.config.vocoder.path:
+            vocoder = parts.vocoder  # the folder's, unless --set vocoder.path named another
         for module in (model, vae):
             module.to(device).eval().requires_grad_(False)
             if dtype != torch.float32:

@@ -159,11 +159,11 @@ def wandb_run(root: Path, new: bool) -> dict[str, str]:
     keeps the steps a killed run logged after its last checkpoint; the resumed run's repeats of
     them are dropped)."""
     path = root / "logs" / "wandb_id"
-    kept = path.read_text().strip() if path.is_file() else ""
-    if new or not kept:  # also a file left empty by a kill
+    run_id = "" if new or not path.is_file() else path.read_text().strip()
+    if not run_id:  # a new run, or a file left empty by a kill
+        run_id = uuid.uuid4().hex[:16]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(uuid.uuid4().hex[:16])
-    run_id = path.read_text().strip()
+        path.write_text(run_id)
     return {"name": root.name, "dir": str(root / "logs"), "id": run_id, "resume": "allow"}
 
 

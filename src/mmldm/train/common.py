@@ -88,13 +88,13 @@ def check_trackers(names: list[str]) -> None:
     from accelerate.utils import LoggerType
 
     available = {str(t) for t in get_available_trackers()}
-    for name in names:
-        if name != "all" and name not in LOGGER_TYPE_TO_CLASS:
+    for name in set(names) - {"all"}:
+        if name not in LOGGER_TYPE_TO_CLASS:
             raise ConfigError(
                 f"config key 'train.log_with': unknown tracker {name!r} (one of "
                 f"{', '.join(LoggerType.list())})"
             )
-        if name != "all" and name not in available:
+        if name not in available:
             raise ConfigError(
                 f"config key 'train.log_with' names {name}, which is not installed here "
                 f"(pip install {name}), or remove it"
@@ -262,7 +262,6 @@ def make_optimizer(params, stage: StageTrainConfig) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, **kwargs)
 
 
-@torch.no_grad()
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor of an FSDP2 shard (a DTensor: gathered from every process, so every
     process must call this), or ``t`` itself."""
@@ -321,6 +320,17 @@ def load_module_state(
         load_weights(accelerator.unwrap_model(module), state, source=source)
 
 
+def _rekeyed(state: dict, key: Mapping | list) -> dict:
+    """An optimizer state dict with each parameter key ``k`` replaced by ``key[k]`` (positions
+    -> names with a list of names, names -> positions with a dict)."""
+    return {
+        "state": {key[k]: v for k, v in state["state"].items()},
+        "param_groups": [
+            {**g, "params": [key[k] for k in g["params"]]} for g in state["param_groups"]
+        ],
+    }
+
+
 def load_optimizer_state(module: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
     """An optimizer state from a checkpoint, written with FSDP (keyed by parameter names) or
     without (by position), into ``opt`` of ``module``, sharded or not."""
@@ -328,23 +338,12 @@ def load_optimizer_state(module: nn.Module, opt: torch.optim.Optimizer, state: d
     by_position = all(isinstance(k, int) for k in state["state"])
     if is_sharded(module):
         if by_position:
-            state = {
-                "state": {names[i]: v for i, v in state["state"].items()},
-                "param_groups": [
-                    {**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]
-                ],
-            }
+            state = _rekeyed(state, names)
         options = StateDictOptions(full_state_dict=True)
         set_optimizer_state_dict(module, opt, state, options=options)
         return
     if not by_position:  # written under FSDP: positions from the names
-        index = {name: i for i, name in enumerate(names)}
-        state = {
-            "state": {index[n]: v for n, v in state["state"].items()},
-            "param_groups": [
-                {**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]
-            ],
-        }
+        state = _rekeyed(state, {name: i for i, name in enumerate(names)})
     opt.load_state_dict(state)
     for group in opt.param_groups:  # moments of a scalar saved before it became 1-D
         for p in group["params"]:
@@ -362,6 +361,7 @@ def ema_decay_at(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
+@torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """``ema = decay * ema + (1 - decay) * model``; under FSDP the EMA stays whole on every
     process and the model's shards are gathered for it (every process calls this)."""

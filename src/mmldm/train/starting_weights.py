@@ -30,7 +30,7 @@ SD_UNET_LAYOUT = {
     "cross_attention_dim": 768,
 }
 WHERE = "docs/weights.md says where to get them"
-OPT_OUT = "or --allow-random-init (train.allow_random_init=true) to start from random weights"
+OPT_OUT = "--allow-random-init (train.allow_random_init=true) to start from random weights"
 
 
 def sd_unet_layout(cfg: DecoderConfig) -> bool:
@@ -54,13 +54,13 @@ def check_starting_weights(cfg: Config, stage: str) -> None:
             "train-vae: vae.train_decoder_only fine-tunes the decoder of a pretrained VAE, but no "
             f"VAE weights were given (vae.pretrained is empty), so the frozen encoder would be "
             f"random. Give --vae PATH: {vae_files}; {WHERE}. Or --set "
-            f"vae.train_decoder_only=false to train a whole VAE from scratch, {OPT_OUT}"
+            f"vae.train_decoder_only=false to train a whole VAE from scratch, or {OPT_OUT}"
         )
     if cfg.vae.pretrained is None and stage == "autoencoder":
         raise ConfigError(
             "train-autoencoder: no VAE weights (vae.pretrained is empty), so the frozen KL-VAE "
             f"would be random and its latents noise. Give --vae PATH: {vae_files}, or an mmldm "
-            f"train-vae run; {WHERE}. Or {OPT_OUT[3:]}"
+            f"train-vae run; {WHERE}. Or {OPT_OUT}"
         )
     if stage == "autoencoder" and not cfg.decoder.pretrained_unet and sd_unet_layout(cfg.decoder):
         raise ConfigError(
@@ -68,5 +68,5 @@ def check_starting_weights(cfg: Config, stage: str) -> None:
             "signal decoder in Stable Diffusion 1.x's layout (860M parameters), which the paper "
             "fine-tunes from SD's UNet. Give --unet PATH: the unet/ folder of a Stable Diffusion "
             f"1.x download (config.json + diffusion_pytorch_model.safetensors); {WHERE}. "
-            f"Or {OPT_OUT[3:]}"
+            f"Or {OPT_OUT}"
         )
